@@ -1,0 +1,125 @@
+"""One typed settings object, read from OCHO_* environment variables.
+
+Everything else receives a `Settings` instance; nothing deeper in the code
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ocho.errors import SettingsError
+
+SHIPPED_TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
+DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
+
+# RabbitMQ's default consumer_timeout is 30 minutes; a job must always end
+# (and be acked) before the broker gives up on its delivery and closes the
+# channel, or the job would run twice.
+BROKER_CONSUMER_TIMEOUT_S = 1800
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    database_url: str = DEFAULT_DATABASE_URL
+    tools_dir: Path = SHIPPED_TOOLS_DIR
+    bind: str = "127.0.0.1:9000"
+    concurrency: int = 2
+    heartbeat: int = 30
+    default_timeout: int = 300
+    max_timeout: int = BROKER_CONSUMER_TIMEOUT_S - 300
+    kill_grace: float = 2.0
+    output_cap: int = 4 * 1024 * 1024
+    output_flush_ms: int = 200
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_files: int = 64
+    max_file_bytes: int = 8 * 1024 * 1024
+    delivery_limit: int = 3
+    gateway_threads: int = 16
+    tokens: tuple[str, ...] = ()
+    k8s_host: str = ""
+    k8s_token: str = ""
+    k8s_ca_file: str = ""
+    k8s_namespace: str = ""
+    k8s_insecure: bool = False
+    kubeconfig: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read OCHO_* variables (and KUBECONFIG); `overrides` win, e.g. from flags."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            name = "KUBECONFIG" if field.name == "kubeconfig" else f"OCHO_{field.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(name, raw, field.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.concurrency < 1:
+            raise SettingsError("OCHO_CONCURRENCY must be at least 1")
+        if not 0 < self.default_timeout <= self.max_timeout:
+            raise SettingsError(
+                f"OCHO_DEFAULT_TIMEOUT must be between 1 and OCHO_MAX_TIMEOUT ({self.max_timeout})"
+            )
+        if self.max_timeout >= BROKER_CONSUMER_TIMEOUT_S:
+            raise SettingsError(
+                f"OCHO_MAX_TIMEOUT must stay below RabbitMQ's consumer_timeout "
+                f"({BROKER_CONSUMER_TIMEOUT_S} s) so a running job is never redelivered"
+            )
+        if self.output_cap < 1024:
+            raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
+        if ":" not in self.bind:
+            raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
+
+    @property
+    def bind_host(self) -> str:
+        return self.bind.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def bind_port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+    def k8s_environment(self) -> dict[str, str]:
+        """The only settings a tool may see: how to reach Kubernetes."""
+        env = {
+            "OCHO_K8S_HOST": self.k8s_host,
+            "OCHO_K8S_TOKEN": self.k8s_token,
+            "OCHO_K8S_CA_FILE": self.k8s_ca_file,
+            "OCHO_K8S_NAMESPACE": self.k8s_namespace,
+            "OCHO_K8S_INSECURE": "1" if self.k8s_insecure else "",
+            "KUBECONFIG": self.kubeconfig,
+        }
+        return {k: v for k, v in env.items() if v}
+
+
+def _convert(name: str, raw: str, kind: object) -> object:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name == "int":
+            return int(raw)
+        if kind_name == "float":
+            return float(raw)
+        if kind_name == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind_name == "Path":
+            return Path(raw)
+        if kind_name.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind_name}") from None
+    return raw

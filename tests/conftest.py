@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import infra
+
+
+@pytest.fixture(scope="module")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test module's own, deleted afterwards."""
+    name, url = infra.create_vhost()
+    yield url
+    infra.delete_vhost(name)
+
+
+@pytest.fixture
+def fresh_amqp_url() -> Iterator[str]:
+    """A vhost for one test, for tests that must start from empty queues."""
+    name, url = infra.create_vhost()
+    yield url
+    infra.delete_vhost(name)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    name, url = infra.create_pg_database()
+    yield url
+    infra.drop_pg_database(name)
+
+
+@pytest.fixture
+def tools_dir(tmp_path: Path) -> Path:
+    """The shipped tools, copied so that a test may add its own."""
+    return infra.clone_tools_dir(tmp_path / "tools")

@@ -1,0 +1,189 @@
+"""Real services for tests: a RabbitMQ vhost and a database of their own per
+run, and the portal's processes started as a user would start them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG_ADMIN_URL = os.environ.get("OCHO_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def create_vhost() -> tuple[str, str]:
+    """A fresh vhost so that nothing left by an earlier (crashed) run leaks in."""
+    name = f"ocho-test-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return name, f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+
+def delete_vhost(name: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
+def create_pg_database() -> tuple[str, str]:
+    import psycopg
+
+    name = f"ocho_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Stack:
+    """Gateway and workers as separate processes, against one vhost and one store."""
+
+    def __init__(self, workdir: Path, amqp_url: str, database_url: str | None = None,
+                 **settings: Any) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "OCHO_AMQP_URL": amqp_url,
+            "OCHO_DATABASE_URL": database_url or f"sqlite:///{workdir / 'ocho.sqlite3'}",
+            "OCHO_BIND": f"127.0.0.1:{self.port}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.update({f"OCHO_{k.upper()}": str(v) for k, v in settings.items()})
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Path] = []
+
+    def _spawn(self, command: list[str], log_name: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = self.workdir / log_name
+        self._logs.append(log)
+        with open(log, "ab") as out:
+            return subprocess.Popen(command, cwd=self.workdir, env=env or self.env,
+                                    stdout=out, stderr=subprocess.STDOUT)
+
+    def start_gateway(self) -> None:
+        self.gateway = self._spawn([str(BIN / "ocho-gateway")], "gateway.log")
+        wait_for(self._ready, timeout=30, what="gateway /readyz")
+
+    def _ready(self) -> bool:
+        if self.gateway is not None and self.gateway.poll() is not None:
+            raise AssertionError(f"gateway exited: {self.read_log('gateway.log')}")
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start_worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+        index = len(self.workers)
+        worker_env = {**self.env, **env}
+        proc = self._spawn([str(BIN / "ocho-worker"), "--concurrency", str(concurrency)],
+                           f"worker{index}.log", env=worker_env)
+        self.workers.append(proc)
+        log = self.workdir / f"worker{index}.log"
+        wait_for(lambda: "consuming" in log.read_text(errors="replace") or proc.poll() is not None,
+                 timeout=30, what="worker to start consuming")
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited: {log.read_text(errors='replace')}")
+        return proc
+
+    def read_log(self, name: str) -> str:
+        path = self.workdir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                         for p in self._logs if p.exists())
+
+    def stop(self) -> None:
+        procs = [p for p in [self.gateway, *self.workers] if p is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- the HTTP client a user would be --------------------------------------------------
+    def submit(self, tool: str, args: list[str] | None = None, timeout: int | None = None,
+               files: dict[str, bytes] | None = None) -> dict[str, Any]:
+        if files:
+            form = {"tool": tool, "args": json.dumps(list(args or []))}
+            if timeout:
+                form["timeout"] = str(timeout)
+            response = requests.post(
+                f"{self.url}/jobs",
+                data=form,
+                files={name: (name, content) for name, content in files.items()},
+                timeout=30)
+        else:
+            body: dict[str, Any] = {"tool": tool, "args": list(args or [])}
+            if timeout:
+                body["timeout"] = timeout
+            response = requests.post(f"{self.url}/jobs", json=body, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            job = requests.get(f"{self.url}/jobs/{job_id}", params={"wait": min(left, 30)},
+                               timeout=left + 10).json()
+            if job["state"] not in ("queued", "running") or time.monotonic() > deadline:
+                return job
+
+    def output(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+        return requests.get(f"{self.url}/jobs/{job_id}/output", params={"offset": offset},
+                            timeout=30).json()
+
+
+def copy_tool(tools_dir: Path, name: str, source: str) -> None:
+    """Write a test tool into a tools dir of the test's own."""
+    (tools_dir / f"{name}.py").write_text(source)
+
+
+def clone_tools_dir(target: Path) -> Path:
+    shutil.copytree(ROOT / "tools", target, dirs_exist_ok=True)
+    return target
