@@ -106,6 +106,8 @@ class JobRequestSchema(Schema):
 class StartedSchema(Schema):
     type = fields.Constant(STARTED)
     id = fields.String(required=True)
+    tool = fields.String(load_default=None, metadata={"description": "so that jobs submitted "
+                         "straight over AMQP appear in the gateway's history"})
     attempt = fields.Integer(required=True)
     worker = fields.String(required=True)
     ts = fields.Float(required=True, metadata={"description": "unix time"})
@@ -135,6 +137,7 @@ class FinishedSchema(Schema):
         load_default=0, metadata={"description": "bytes the tool wrote, kept or not"}
     )
     reason = fields.String(allow_none=True, load_default=None)
+    tool = fields.String(allow_none=True, load_default=None)
     ts = fields.Float(required=True)
 
 
