@@ -33,6 +33,7 @@ class Settings:
     default_timeout: int = 300
     max_timeout: int = BROKER_CONSUMER_TIMEOUT_S - 300
     kill_grace: float = 2.0
+    shutdown_grace: float = 30.0
     output_cap: int = 4 * 1024 * 1024
     output_flush_ms: int = 200
     max_request_bytes: int = 32 * 1024 * 1024

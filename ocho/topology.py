@@ -7,8 +7,10 @@
     ocho.events  topic exchange, routing keys job.started / job.output / job.finished
       └─ ocho.recorder  quorum queue bound with 'job.#': the gateway's recorder
                         reads it, so events wait there while no gateway runs
-    ocho.control fanout exchange: cancel requests; each worker binds its own
-                 exclusive queue
+    ocho.control fanout exchange: cancel requests
+      └─ ocho.control.log  stream queue: every worker reads it from the start,
+                           so a worker that starts after a cancel still knows
+                           not to run that job
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ DEAD_QUEUE = "ocho.dead"
 EVENTS_EXCHANGE = "ocho.events"
 RECORDER_QUEUE = "ocho.recorder"
 CONTROL_EXCHANGE = "ocho.control"
+CONTROL_LOG = "ocho.control.log"
+# Cancels are kept at least this long: longer than a request may sit queued.
+CONTROL_LOG_MAX_AGE = "7D"
 
 
 def event_routing_key(event_type: str) -> str:
@@ -48,3 +53,9 @@ def declare(channel: Any, delivery_limit: int) -> None:
     channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key="")
     channel.queue_declare(RECORDER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(RECORDER_QUEUE, EVENTS_EXCHANGE, routing_key="job.#")
+    channel.queue_declare(
+        CONTROL_LOG,
+        durable=True,
+        arguments={"x-queue-type": "stream", "x-max-age": CONTROL_LOG_MAX_AGE},
+    )
+    channel.queue_bind(CONTROL_LOG, CONTROL_EXCHANGE, routing_key="")

@@ -1,0 +1,1 @@
+"""The worker side: consume job requests, run tools, report events."""

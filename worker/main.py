@@ -1,0 +1,39 @@
+"""`ocho-worker`: run tools for jobs from RabbitMQ."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ocho.errors import SettingsError
+from ocho.settings import Settings
+from worker.consumer import Worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ocho-worker", description=__doc__)
+    parser.add_argument("--concurrency", "-c", type=int, help="job slots (OCHO_CONCURRENCY)")
+    parser.add_argument("--amqp-url", help="RabbitMQ URL (OCHO_AMQP_URL)")
+    parser.add_argument("--tools-dir", type=Path, help="where the tools are (OCHO_TOOLS_DIR)")
+    options = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(concurrency=options.concurrency, amqp_url=options.amqp_url,
+                                     tools_dir=options.tools_dir)
+    except SettingsError as exc:
+        print(f"ocho-worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

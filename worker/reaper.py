@@ -1,0 +1,80 @@
+"""A tiny process that kills the worker's tool process groups if the worker dies.
+
+A worker killed with SIGKILL cannot clean up after itself, and a tool's own
+children would not even notice a parent-death signal. So the worker forks
+this reaper once at start (before any thread exists), tells it through a pipe
+which process groups are live, and when the pipe reaches end-of-file because
+the worker is gone, the reaper kills every group it still knows about.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+
+class Reaper:
+    def __init__(self) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the reaper
+            os.close(write_end)
+            _reap(read_end)
+            os._exit(0)
+        os.close(read_end)
+        self.pid = pid
+        self._pipe = write_end
+        self._lock = threading.Lock()
+
+    def track(self, pgid: int) -> None:
+        self._send(f"+{pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._send(f"-{pgid}\n")
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            try:
+                os.write(self._pipe, line.encode())
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Normal shutdown: end-of-file makes the reaper sweep and exit."""
+        os.close(self._pipe)
+        os.waitpid(self.pid, 0)
+
+
+def _reap(read_end: int) -> None:
+    # Signals meant for the worker (Ctrl-C in a terminal reaches the whole
+    # foreground group) must not stop the reaper before it has done its job.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for fd in range(3, 1024):
+        if fd != read_end:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    groups: set[int] = set()
+    buffer = b""
+    while True:
+        try:
+            data = os.read(read_end, 4096)
+        except InterruptedError:
+            continue
+        if not data:
+            break
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"+"):
+                groups.add(int(line[1:]))
+            elif line.startswith(b"-"):
+                groups.discard(int(line[1:]))
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass

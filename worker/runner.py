@@ -1,0 +1,290 @@
+"""One job run: temp dir → Popen → stream output → outcome.
+
+Knows nothing of AMQP: output goes to an `emit` callback and cancellation
+comes in through a threading.Event, so the runner can be measured and tested
+on its own (the benchmark's "raw" baseline is this same code path).
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ocho import message
+from ocho.settings import Settings
+
+# Sizes of one read from a pipe and of one `output` event.
+READ_SIZE = 65536
+MAX_CHUNK_BYTES = 256 * 1024
+# Room kept below the cap for the note that says the output was truncated.
+TRUNCATION_NOTE_ROOM = 256
+# After the tool exits, how long leftover output may take to drain.
+DRAIN_SECONDS = 2.0
+
+Emit = Callable[[str, int, str], None]  # (stream, offset, data)
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    tool: str
+    args: list[str]
+    files: dict[str, bytes]
+    timeout: int
+    attempt: int = 1
+
+
+@dataclasses.dataclass
+class Outcome:
+    state: str
+    exit_code: int | None
+    ms: int
+    truncated: bool
+    output_bytes: int
+    reason: str | None = None
+
+
+@dataclasses.dataclass
+class Control:
+    """How the consumer steers a running job from another thread."""
+
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # Set with cancel when the worker shuts down or loses its broker: the job is
+    # killed but must not be reported, so the broker redelivers it.
+    abandon: bool = False
+    on_spawn: Callable[[int], None] | None = None
+    on_exit: Callable[[int], None] | None = None
+
+
+class OutputSink:
+    """Turns raw pipe bytes into ordered `output` events, capped and batched."""
+
+    def __init__(self, emit: Emit, cap: int, flush_seconds: float) -> None:
+        self._emit = emit
+        self._limit = cap - TRUNCATION_NOTE_ROOM
+        self._flush_seconds = flush_seconds
+        self._decoders = {
+            name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for name in ("stdout", "stderr")
+        }
+        self._pending_stream: str | None = None
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._pending_since = 0.0
+        self.kept = 0  # bytes of output sent on (UTF-8, what offsets count)
+        self.produced = 0  # raw bytes the tool wrote, kept or not
+        self.truncated = False
+
+    def feed(self, stream: str, raw: bytes, final: bool = False) -> None:
+        self.produced += len(raw)
+        text = self._decoders[stream].decode(raw, final)
+        if not text or self.truncated:
+            return
+        encoded_len = len(text.encode())
+        if self.kept + self._pending_bytes + encoded_len > self._limit:
+            room = self._limit - self.kept - self._pending_bytes
+            text = text.encode()[: max(room, 0)].decode(errors="ignore")
+            encoded_len = len(text.encode())
+            self.truncated = True
+        if self._pending_stream not in (None, stream):
+            self.flush()
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending_stream = stream
+        if text:
+            self._pending.append(text)
+            self._pending_bytes += encoded_len
+        if self._pending_bytes >= MAX_CHUNK_BYTES or self.truncated:
+            self.flush()
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def due(self) -> bool:
+        return bool(self._pending) and time.monotonic() - self._pending_since >= self._flush_seconds
+
+    def flush(self) -> None:
+        if self._pending and self._pending_stream is not None:
+            data = "".join(self._pending)
+            self._emit(self._pending_stream, self.kept, data)
+            self.kept += self._pending_bytes
+        self._pending = []
+        self._pending_bytes = 0
+        self._pending_stream = None
+
+    def note(self, text: str) -> None:
+        """A line from the portal itself, on the `ocho` stream."""
+        self.flush()
+        self._emit("ocho", self.kept, text)
+        self.kept += len(text.encode())
+
+
+def tool_path(settings: Settings, tool: str) -> Path | None:
+    if not message.TOOL_NAME.match(tool):
+        return None
+    path = settings.tools_dir / f"{tool}.py"
+    return path if path.is_file() else None
+
+
+def tool_environment(settings: Settings, job: Job, workdir: str) -> dict[str, str]:
+    """An allow-list: nothing of the worker's own secrets reaches a tool."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONIOENCODING": "utf-8",
+        "OCHO_JOB_ID": job.id,
+        "OCHO_ATTEMPT": str(job.attempt),
+    }
+    env.update(settings.k8s_environment())
+    return env
+
+
+def prepare_workdir(settings: Settings, job: Job, script: Path) -> str:
+    workdir = tempfile.mkdtemp(prefix=f"ocho-{job.id[:8]}-")  # mode 0700
+    for name, content in job.files.items():
+        # O_EXCL | O_NOFOLLOW: a name can only ever create a new plain file here.
+        fd = os.open(os.path.join(workdir, name),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+    shutil.copyfile(script, os.path.join(workdir, script.name))
+    return workdir
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM the whole group, give it `grace` seconds, then SIGKILL it."""
+    kill_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_group(proc.pid, signal.SIGKILL)
+
+
+def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None) -> Outcome:
+    """Run one job to its end. Never raises for anything the tool does."""
+    control = control or Control()
+    started = time.monotonic()
+    script = tool_path(settings, job.tool)
+    if script is None:
+        return Outcome(message.REJECTED, None, 0, False, 0, reason=f"unknown tool {job.tool!r}")
+    if script.name in job.files:
+        return Outcome(message.REJECTED, None, 0, False, 0,
+                       reason=f"file name {script.name!r} would overwrite the tool script")
+    workdir = prepare_workdir(settings, job, script)
+    try:
+        return _run_in(settings, job, emit, control, workdir, script.name, started)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir: str,
+            script_name: str, started: float) -> Outcome:
+    sink = OutputSink(emit, settings.output_cap, settings.output_flush_ms / 1000)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, script_name, *job.args],
+            cwd=workdir,
+            env=tool_environment(settings, job, workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        return Outcome(message.FAILED, None, _ms(started), False, 0,
+                       reason=f"could not start the tool: {exc.strerror}")
+    if control.on_spawn:
+        control.on_spawn(proc.pid)
+    try:
+        state, reason = _stream(settings, job, proc, sink, control)
+    finally:
+        # Whatever the tool left behind in its group dies with the job.
+        kill_group(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
+        if control.on_exit:
+            control.on_exit(proc.pid)
+    sink.flush()
+    if sink.truncated:
+        sink.note(f"\n[ocho] output truncated: kept the first {sink.kept} bytes of "
+                  f"{sink.produced}; raise OCHO_OUTPUT_CAP to keep more\n")
+    exit_code = proc.returncode
+    if state is None:
+        state = message.SUCCEEDED if exit_code == 0 else message.FAILED
+        if exit_code is not None and exit_code < 0:
+            reason = f"killed by signal {signal.Signals(-exit_code).name}"
+    return Outcome(state, exit_code, _ms(started), sink.truncated, sink.produced, reason)
+
+
+def _stream(settings: Settings, job: Job, proc: subprocess.Popen[bytes], sink: OutputSink,
+            control: Control) -> tuple[str | None, str | None]:
+    """Pump both pipes until they close; returns a forced state, if any."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + job.timeout
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    forced: tuple[str | None, str | None] = (None, None)
+    drain_until: float | None = None
+    try:
+        while selector.get_map():
+            now = time.monotonic()
+            if forced[0] is None:
+                if control.cancel.is_set():
+                    forced = (message.CANCELLED, "cancelled on request")
+                elif now >= deadline:
+                    forced = (message.TIMED_OUT, f"exceeded its time limit of {job.timeout} s")
+                if forced[0] is not None:
+                    terminate_group(proc, settings.kill_grace)
+                    drain_until = time.monotonic() + DRAIN_SECONDS
+            if drain_until is None and proc.poll() is not None:
+                # The tool is gone; children it left keep the pipes open.
+                kill_group(proc.pid, signal.SIGKILL)
+                drain_until = now + DRAIN_SECONDS
+            if drain_until is not None and now > drain_until:
+                break
+            wait = 0.05 if sink.has_pending else 0.1
+            for key, _ in selector.select(timeout=min(wait, max(deadline - now, 0.001))):
+                data = os.read(key.fd, READ_SIZE)
+                if data:
+                    sink.feed(key.data, data)
+                else:
+                    sink.feed(key.data, b"", final=True)
+                    selector.unregister(key.fileobj)
+            if sink.due():
+                sink.flush()
+    finally:
+        selector.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    proc.wait()
+    return forced
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
