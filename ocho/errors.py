@@ -38,3 +38,15 @@ class PublishRejected(OchoError):
 
 class JobNotFound(OchoError):
     """No job has that id."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    """A request, an uploaded file or their number is over a configured limit."""
+
+
+class JobConflict(OchoError):
+    """The job exists but is in a state that does not allow the operation."""
+
+
+class StoreUnavailable(OchoError):
+    """The job store (SQLite file or PostgreSQL) cannot be reached or is too busy."""
