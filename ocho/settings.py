@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ocho.errors import SettingsError
+from ocho.topology import DEFAULT_DELIVERY_LIMIT
 
 SHIPPED_TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
 DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
@@ -39,7 +40,7 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_files: int = 64
     max_file_bytes: int = 8 * 1024 * 1024
-    delivery_limit: int = 3
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
     gateway_threads: int = 16
     tokens: tuple[str, ...] = ()
     k8s_host: str = ""

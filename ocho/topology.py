@@ -27,10 +27,30 @@ CONTROL_EXCHANGE = "ocho.control"
 CONTROL_LOG = "ocho.control.log"
 # Cancels are kept at least this long: longer than a request may sit queued.
 CONTROL_LOG_MAX_AGE = "7D"
+DEFAULT_DELIVERY_LIMIT = 5
 
 
 def event_routing_key(event_type: str) -> str:
     return f"job.{event_type}"
+
+
+def ensure(connection: Any, delivery_limit: int) -> None:
+    """For clients: declare the topology only where it does not exist yet.
+
+    The portal's own processes declare it with their configured delivery
+    limit; a client must not fail on a queue declared with another one.
+    """
+    channel = connection.channel()
+    try:
+        channel.queue_declare(JOBS_QUEUE, passive=True)
+        channel.queue_declare(RECORDER_QUEUE, passive=True)
+    except Exception as exc:  # pika closes the channel on 404 NOT_FOUND
+        if getattr(exc, "reply_code", None) != 404:
+            raise
+        channel = connection.channel()
+        declare(channel, delivery_limit)
+    if channel.is_open:
+        channel.close()
 
 
 def declare(channel: Any, delivery_limit: int) -> None:

@@ -34,5 +34,5 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def tools_dir(tmp_path: Path) -> Path:
-    """The shipped tools, copied so that a test may add its own."""
+    """The shipped tools and the test tools, copied so that a test may add its own."""
     return infra.clone_tools_dir(tmp_path / "tools")

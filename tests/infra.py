@@ -179,11 +179,25 @@ class Stack:
                             timeout=30).json()
 
 
-def copy_tool(tools_dir: Path, name: str, source: str) -> None:
-    """Write a test tool into a tools dir of the test's own."""
-    (tools_dir / f"{name}.py").write_text(source)
-
-
 def clone_tools_dir(target: Path) -> Path:
+    """The shipped tools plus the small test tools under tests/tools."""
     shutil.copytree(ROOT / "tools", target, dirs_exist_ok=True)
+    shutil.copytree(ROOT / "tests" / "tools", target, dirs_exist_ok=True)
     return target
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is pgid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces; fields after ')' are fixed.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found

@@ -91,6 +91,7 @@ class Worker:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._consumer_tag: str | None = None
+        self._synced: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -127,9 +128,28 @@ class Worker:
         control.basic_qos(prefetch_count=1000)
         control.basic_consume(topology.CONTROL_LOG, self._on_control,
                               arguments={"x-stream-offset": "first"})
+        self._catch_up_on_cancels(channel)
         self._consumer_tag = channel.basic_consume(topology.JOBS_QUEUE, self._on_request)
         log.info("worker %s consuming %s with %d job slots", self.name, topology.JOBS_QUEUE,
                  self.settings.concurrency)
+
+    def _catch_up_on_cancels(self, channel: BlockingChannel) -> None:
+        """Read the cancel log to its end before taking any job.
+
+        The worker appends a marker of its own and reads until it sees it:
+        then every cancel published before this moment is known.
+        """
+        assert self._connection is not None
+        marker = str(uuid.uuid4())
+        channel.basic_publish(topology.CONTROL_EXCHANGE, "",
+                              json.dumps({"action": "sync", "id": marker}).encode(),
+                              pika.BasicProperties(content_type=message.CONTENT_TYPE),
+                              mandatory=True)
+        deadline = time.monotonic() + 30
+        while self._synced != marker and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=0.05)
+        if self._synced != marker:
+            log.warning("worker %s: the cancel log was not read to its end in 30 s", self.name)
 
     def _serve(self) -> None:
         assert self._connection is not None and self._channel is not None
@@ -176,6 +196,9 @@ class Worker:
             action, job_id = command["action"], str(command["id"])
         except (ValueError, KeyError, TypeError):
             log.warning("ignored a control message that is not {action, id}: %.200r", body)
+            return
+        if action == "sync":
+            self._synced = job_id
             return
         if action != "cancel":
             log.warning("ignored unknown control action %r for job %s", action, job_id)
