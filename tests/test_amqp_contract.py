@@ -1,0 +1,234 @@
+"""docs/amqp.md, checked from the outside.
+
+These tests talk to a real worker through kombu (py-amqp), not pika and not
+ocho.client: if a service in another stack can only read docs/amqp.md, this
+is what it would write. Nothing from the `ocho` package is imported on purpose.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+from tests.infra import Stack
+
+# Names and values exactly as docs/amqp.md spells them.
+JOBS_EXCHANGE = "ocho.jobs"
+EVENTS_EXCHANGE = "ocho.events"
+CONTROL_EXCHANGE = "ocho.control"
+DEAD_QUEUE = "ocho.dead"
+JSON = "application/json"
+PERSISTENT = 2
+
+
+class Inbox:
+    """An exclusive queue of our own and everything that arrived on it."""
+
+    def __init__(self, connection: Connection, *, bind_events: bool = False) -> None:
+        self.connection = connection
+        channel = connection.channel()
+        self.name = f"contract-test-{uuid.uuid4().hex[:8]}"
+        binding = (dict(exchange=Exchange(EVENTS_EXCHANGE, type="topic", passive=True),
+                        routing_key="job.#") if bind_events else {})
+        self.queue = Queue(self.name, exclusive=True, auto_delete=True, channel=channel,
+                           **binding)
+        self.queue.declare()
+        self.received: list[tuple[dict[str, Any], Any]] = []
+        self.consumer = Consumer(channel, queues=[self.queue], callbacks=[self._on_message],
+                                 no_ack=True, accept=[JSON])
+        self.consumer.consume()
+
+    def _on_message(self, _decoded: Any, message: Any) -> None:
+        # The raw body, parsed here: the contract is JSON, not a kombu serializer.
+        self.received.append((json.loads(message.body), message))
+
+    def events_of(self, job_id: str) -> list[dict[str, Any]]:
+        return [event for event, _ in self.received if event["id"] == job_id]
+
+    def messages_of(self, job_id: str) -> list[Any]:
+        return [message for event, message in self.received if event["id"] == job_id]
+
+    def wait_until(self, done: Any, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; received {[e for e, _ in self.received]}")
+            try:
+                self.connection.drain_events(timeout=min(left, 0.5))
+            except TimeoutError:
+                pass
+
+    def wait_finished(self, job_id: str, timeout: float = 30) -> dict[str, Any]:
+        self.wait_until(lambda: any(e["type"] == "finished" for e in self.events_of(job_id)),
+                        timeout)
+        return next(e for e in self.events_of(job_id) if e["type"] == "finished")
+
+    def output_of(self, job_id: str) -> str:
+        return "".join(e["data"] for e in self.events_of(job_id) if e["type"] == "output")
+
+
+def publish_request(connection: Connection, body: dict[str, Any] | bytes, *, tool: str,
+                    job_id: str, correlation_id: str, reply_to: str) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    # confirm_publish (below) makes this return only once the broker has the request.
+    Producer(connection.channel()).publish(
+        raw, exchange=JOBS_EXCHANGE, routing_key=tool, mandatory=True,
+        content_type=JSON, content_encoding="utf-8", delivery_mode=PERSISTENT,
+        message_id=job_id, correlation_id=correlation_id, reply_to=reply_to)
+
+
+def publish_cancel(connection: Connection, job_id: str) -> None:
+    Producer(connection.channel()).publish(
+        json.dumps({"action": "cancel", "id": job_id}).encode(), exchange=CONTROL_EXCHANGE,
+        routing_key="", content_type=JSON, content_encoding="utf-8", delivery_mode=PERSISTENT)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, fresh_amqp_url: str, tools_dir: Path) -> Iterator[Stack]:
+    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, kill_grace=1)
+    # The worker declares the topology; a client declares only its own queue.
+    stack.start_worker()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def connection(stack: Stack) -> Iterator[Connection]:
+    with Connection(stack.env["OCHO_AMQP_URL"],
+                    transport_options={"confirm_publish": True}) as connection:
+        connection.connect()
+        yield connection
+
+
+def test_job_events_reach_the_reply_queue_and_ocho_events(connection: Connection):
+    replies = Inbox(connection)
+    tap = Inbox(connection, bind_events=True)
+    job_id, correlation_id = str(uuid.uuid4()), f"my-ref-{uuid.uuid4().hex[:6]}"
+    request = {"id": job_id, "tool": "cat", "args": ["notes.txt"],
+               "files": {"notes.txt": base64.b64encode(b"hello over AMQP\n").decode()},
+               "timeout": 30}
+    publish_request(connection, request, tool="cat", job_id=job_id,
+                    correlation_id=correlation_id, reply_to=replies.name)
+
+    finished = replies.wait_finished(job_id)
+    events = replies.events_of(job_id)
+    assert [e["type"] for e in events] == ["started", "output", "finished"]
+    started, output = events[0], events[1]
+    assert started["tool"] == "cat" and started["attempt"] == 1 and started["worker"]
+    assert (output["stream"], output["offset"], output["data"]) == ("stdout", 0,
+                                                                    "hello over AMQP\n")
+    assert (finished["state"], finished["exit_code"], finished["attempt"]) == ("succeeded", 0, 1)
+    assert finished["truncated"] is False and isinstance(finished["ms"], int)
+    for message in replies.messages_of(job_id):
+        assert message.properties["correlation_id"] == correlation_id
+        assert message.content_type == JSON
+        assert message.properties["delivery_mode"] == PERSISTENT
+        assert message.headers["job_id"] == job_id
+    assert [m.properties["type"] for m in replies.messages_of(job_id)] == [
+        "started", "output", "finished"]
+
+    # The same events, in the same order, on ocho.events under job.<type>.
+    tap.wait_finished(job_id)
+    assert tap.events_of(job_id) == events
+    assert [m.delivery_info["routing_key"] for m in tap.messages_of(job_id)] == [
+        "job.started", "job.output", "job.finished"]
+
+
+def test_output_offsets_count_utf8_bytes_without_gaps(connection: Connection):
+    replies = Inbox(connection)
+    job_id = str(uuid.uuid4())
+    text = "naïve ☃ café\n" * 3
+    publish_request(connection, {"id": job_id, "tool": "cat", "args": ["u.txt"],
+                                 "files": {"u.txt": base64.b64encode(text.encode()).decode()}},
+                    tool="cat", job_id=job_id, correlation_id=job_id, reply_to=replies.name)
+    replies.wait_finished(job_id)
+    offset = 0
+    for event in [e for e in replies.events_of(job_id) if e["type"] == "output"]:
+        assert event["offset"] == offset
+        offset += len(event["data"].encode())
+    assert replies.output_of(job_id) == text
+
+
+def test_failed_tool_reports_its_exit_code_and_stderr(connection: Connection):
+    replies = Inbox(connection)
+    job_id = str(uuid.uuid4())
+    publish_request(connection, {"id": job_id, "tool": "exit", "args": ["3", "went wrong"]},
+                    tool="exit", job_id=job_id, correlation_id=job_id, reply_to=replies.name)
+    finished = replies.wait_finished(job_id)
+    assert (finished["state"], finished["exit_code"]) == ("failed", 3)
+    stderr = [e for e in replies.events_of(job_id) if e["type"] == "output"]
+    assert [(e["stream"], e["data"]) for e in stderr] == [("stderr", "went wrong\n")]
+
+
+def test_bad_request_is_rejected_on_the_reply_queue_and_dead_lettered(connection: Connection):
+    replies = Inbox(connection)
+    job_id = str(uuid.uuid4())
+    # `args` must be a list of strings, never a shell string.
+    publish_request(connection, {"id": job_id, "tool": "cat", "args": "notes.txt"},
+                    tool="cat", job_id=job_id, correlation_id="bad-1", reply_to=replies.name)
+    finished = replies.wait_finished(job_id)
+    assert finished["state"] == "rejected"
+    assert finished["exit_code"] is None
+    assert finished["reason"].startswith("args:")
+    assert [e["type"] for e in replies.events_of(job_id)] == ["finished"]
+    assert replies.messages_of(job_id)[0].properties["correlation_id"] == "bad-1"
+
+    dead = Queue(DEAD_QUEUE, channel=connection.channel(), no_declare=True)
+    deadline = time.monotonic() + 10
+    letter = dead.get(no_ack=True)
+    while letter is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        letter = dead.get(no_ack=True)
+    assert letter is not None, "nothing in ocho.dead"
+    assert letter.properties["message_id"] == job_id
+    assert json.loads(letter.body)["args"] == "notes.txt"
+
+
+def test_unknown_tool_is_rejected_with_a_reason(connection: Connection):
+    replies = Inbox(connection)
+    job_id = str(uuid.uuid4())
+    publish_request(connection, {"id": job_id, "tool": "no-such-tool"}, tool="no-such-tool",
+                    job_id=job_id, correlation_id=job_id, reply_to=replies.name)
+    finished = replies.wait_finished(job_id)
+    assert finished["state"] == "rejected"
+    assert "unknown tool" in finished["reason"]
+
+
+def test_cancel_on_the_control_exchange_stops_a_running_job(connection: Connection):
+    replies = Inbox(connection)
+    job_id = str(uuid.uuid4())
+    publish_request(connection, {"id": job_id, "tool": "sleep", "args": ["60"]}, tool="sleep",
+                    job_id=job_id, correlation_id=job_id, reply_to=replies.name)
+    replies.wait_until(lambda: "pid=" in replies.output_of(job_id))
+    cancelled_at = time.monotonic()
+    publish_cancel(connection, job_id)
+    finished = replies.wait_finished(job_id, timeout=10)
+    assert finished["state"] == "cancelled"
+    assert time.monotonic() - cancelled_at < 5
+
+
+def test_cancel_before_the_job_runs_finishes_it_without_starting(connection: Connection):
+    replies = Inbox(connection)
+    job_id = str(uuid.uuid4())
+    # The worker has two slots: fill them, so that the cancel is surely read
+    # before the request is taken.
+    for _ in range(2):
+        blocker = str(uuid.uuid4())
+        publish_request(connection, {"id": blocker, "tool": "sleep", "args": ["2"]},
+                        tool="sleep", job_id=blocker, correlation_id=blocker,
+                        reply_to=replies.name)
+    publish_cancel(connection, job_id)
+    publish_request(connection, {"id": job_id, "tool": "sleep", "args": ["60"]}, tool="sleep",
+                    job_id=job_id, correlation_id=job_id, reply_to=replies.name)
+    finished = replies.wait_finished(job_id, timeout=20)
+    assert finished["state"] == "cancelled"
+    assert [e["type"] for e in replies.events_of(job_id)] == ["finished"]
