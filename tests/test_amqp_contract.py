@@ -92,6 +92,16 @@ def publish_cancel(connection: Connection, job_id: str) -> None:
         routing_key="", content_type=JSON, content_encoding="utf-8", delivery_mode=PERSISTENT)
 
 
+def take_dead_letter(connection: Connection, timeout: float = 10) -> Any:
+    """The next message in ocho.dead (no gateway runs here to consume it first)."""
+    dead = Queue(DEAD_QUEUE, channel=connection.channel(), no_declare=True)
+    deadline = time.monotonic() + timeout
+    while (letter := dead.get(no_ack=True)) is None:
+        assert time.monotonic() < deadline, "nothing arrived in ocho.dead"
+        time.sleep(0.05)
+    return letter
+
+
 @pytest.fixture
 def stack(tmp_path: Path, fresh_amqp_url: str, tools_dir: Path) -> Iterator[Stack]:
     stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, kill_grace=1)
@@ -182,14 +192,9 @@ def test_bad_request_is_rejected_on_the_reply_queue_and_dead_lettered(connection
     assert [e["type"] for e in replies.events_of(job_id)] == ["finished"]
     assert replies.messages_of(job_id)[0].properties["correlation_id"] == "bad-1"
 
-    dead = Queue(DEAD_QUEUE, channel=connection.channel(), no_declare=True)
-    deadline = time.monotonic() + 10
-    letter = dead.get(no_ack=True)
-    while letter is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-        letter = dead.get(no_ack=True)
-    assert letter is not None, "nothing in ocho.dead"
+    letter = take_dead_letter(connection)
     assert letter.properties["message_id"] == job_id
+    assert letter.headers["x-death"][0]["reason"] == "rejected"
     assert json.loads(letter.body)["args"] == "notes.txt"
 
 
@@ -232,3 +237,25 @@ def test_cancel_before_the_job_runs_finishes_it_without_starting(connection: Con
     finished = replies.wait_finished(job_id, timeout=20)
     assert finished["state"] == "cancelled"
     assert [e["type"] for e in replies.events_of(job_id)] == ["finished"]
+
+
+def test_request_that_expires_in_the_queue_is_dead_lettered_and_never_runs(
+        connection: Connection):
+    replies = Inbox(connection)
+    # Both job slots busy: the worker takes nothing more for two seconds.
+    for _ in range(2):
+        blocker = str(uuid.uuid4())
+        publish_request(connection, {"id": blocker, "tool": "sleep", "args": ["2"]},
+                        tool="sleep", job_id=blocker, correlation_id=blocker,
+                        reply_to=replies.name)
+    job_id = str(uuid.uuid4())
+    Producer(connection.channel()).publish(
+        json.dumps({"id": job_id, "tool": "exit", "args": ["0"]}).encode(),
+        exchange=JOBS_EXCHANGE, routing_key="exit", content_type=JSON,
+        content_encoding="utf-8", delivery_mode=PERSISTENT, message_id=job_id,
+        correlation_id=job_id, reply_to=replies.name, expiration=0.3)
+    letter = take_dead_letter(connection)
+    assert letter.properties["message_id"] == job_id
+    assert letter.headers["x-death"][0]["reason"] == "expired"
+    replies.wait_until(lambda: sum(e["type"] == "finished" for e, _ in replies.received) == 2)
+    assert replies.events_of(job_id) == []
