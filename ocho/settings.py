@@ -41,6 +41,11 @@ class Settings:
     max_files: int = 64
     max_file_bytes: int = 8 * 1024 * 1024
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    tool_cpu_seconds: int = 0  # 0: twice the job's timeout, plus a margin
+    tool_memory_bytes: int = 2 * 1024**3
+    tool_file_bytes: int = 256 * 1024**2
+    tool_open_files: int = 1024
+    tool_max_processes: int = 128
     gateway_threads: int = 16
     tokens: tuple[str, ...] = ()
     k8s_host: str = ""

@@ -184,3 +184,22 @@ def test_tool_sees_only_allow_listed_environment(stack: Stack, client: Client):
 def _get(channel, queue: str):
     method, properties, body = channel.basic_get(queue, auto_ack=True)
     return (method, properties, body) if method else None
+
+
+@pytest.mark.parametrize("kind", ["memory", "fork"])
+def test_runaway_tool_is_stopped_by_its_limits(tmp_path: Path, fresh_amqp_url: str,
+                                               tools_dir: Path, kind: str):
+    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir,
+                  tool_memory_bytes=512 * 1024**2, tool_max_processes=32)
+    try:
+        stack.start_worker()
+        with Client(fresh_amqp_url) as client:
+            result = client.wait(client.submit("hog", [kind], timeout=60), timeout=90)
+            assert result.state == "failed", result.output
+            assert ("MemoryError" if kind == "memory" else "BlockingIOError") in result.output
+            assert result.ms < 30_000
+            assert processes_in_group(group_of(result.output)) == []
+            # The worker is unharmed and takes the next job.
+            assert client.wait(client.submit("exit", ["0"]), timeout=30).state == "succeeded"
+    finally:
+        stack.stop()

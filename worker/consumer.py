@@ -30,6 +30,7 @@ from ocho import message, topology
 from ocho.errors import InvalidRequest
 from ocho.settings import Settings
 from worker import runner
+from worker.limits import ProcessCounter
 from worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
@@ -83,6 +84,7 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Forked first, while this process has a single thread.
         self.reaper = Reaper()
+        self.process_counter = ProcessCounter(settings, str(os.getpid()))
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="job")
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -108,6 +110,7 @@ class Worker:
         self._close()
         self.pool.shutdown(wait=True)
         self.reaper.close()
+        self.process_counter.close()
         log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
@@ -233,7 +236,15 @@ class Worker:
             self._finish(delivery, job, runner.Outcome(message.CANCELLED, None, 0, False, 0,
                                                        reason="cancelled before it started"))
             return
-        control = runner.Control(on_spawn=self.reaper.track, on_exit=self.reaper.forget)
+        def on_spawn(pid: int) -> None:
+            self.reaper.track(pid)
+            self.process_counter.attach(job.id, pid)
+
+        def on_exit(pid: int) -> None:
+            self.reaper.forget(pid)
+            self.process_counter.release(job.id)
+
+        control = runner.Control(on_spawn=on_spawn, on_exit=on_exit)
         with self._lock:
             self._running[job.id] = RunningJob(job, delivery, control)
         try:

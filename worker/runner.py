@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ocho import message
 from ocho.settings import Settings
+from worker import limits
 
 # Sizes of one read from a pipe and of one `output` event.
 READ_SIZE = 65536
@@ -218,6 +219,7 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
     except OSError as exc:
         return Outcome(message.FAILED, None, _ms(started), False, 0,
                        reason=f"could not start the tool: {exc.strerror}")
+    limits.apply_rlimits(proc.pid, settings, job.timeout)
     if control.on_spawn:
         control.on_spawn(proc.pid)
     try:

@@ -6,7 +6,8 @@ import sys
 import time
 
 seconds = float(sys.argv[1])
-children = [subprocess.Popen(["sleep", "600"]).pid for _ in range(int(sys.argv[2]) if len(sys.argv) > 2 else 0)]
+count = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+children = [subprocess.Popen(["sleep", "600"]).pid for _ in range(count)]
 print(f"pid={os.getpid()} pgid={os.getpgid(0)} children={','.join(map(str, children))}", flush=True)
 end = time.monotonic() + seconds
 tick = 0
