@@ -26,6 +26,7 @@ class UnknownTool(InvalidRequest):
         listing = ", ".join(known) if known else "none installed"
         super().__init__(f"unknown tool {tool!r}; available tools: {listing}", field="tool")
         self.tool = tool
+        self.known = list(known)
 
 
 class BrokerUnavailable(OchoError):

@@ -1,0 +1,225 @@
+"""Publishing job requests and cancels, with publisher confirms, from many HTTP threads.
+
+pika is not thread-safe and waitress serves each request in a thread of its pool,
+so one thread owns the connection: it declares the topology, publishes what the
+request threads hand it through a queue, and between publishes keeps calling
+`process_data_events`, which answers the broker's heartbeats. A request thread
+blocks on a future until the broker confirmed its message (or refused it).
+
+While the broker is away the thread reconnects with back-off, and publishing
+fails at once with BrokerUnavailable instead of queueing up requests that a
+client would believe accepted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from gateway.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho import topology
+from ocho.errors import BrokerUnavailable, PublishRejected
+from ocho.message import CONTENT_TYPE, dump_request
+from ocho.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PERSISTENT = 2
+
+
+@dataclasses.dataclass
+class Outgoing:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: pika.BasicProperties
+    what: str  # for messages: "job <id>", "cancel of job <id>"
+    future: concurrent.futures.Future[None] = dataclasses.field(
+        default_factory=concurrent.futures.Future)
+
+
+class Publisher:
+    def __init__(self, settings: Settings, *, confirm_timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.confirm_timeout = confirm_timeout
+        self._outbox: queue.Queue[Outgoing] = queue.Queue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ocho-publisher", daemon=True)
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._connected = threading.Event()
+        self.last_error = "not connected yet"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- called from request threads ---------------------------------------------------------
+
+    def publish_job(self, request: dict[str, Any], correlation_id: str | None = None,
+                    reply_to: str | None = None) -> None:
+        """Publish a validated job request; return once the broker confirmed it."""
+        properties = pika.BasicProperties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=PERSISTENT,
+            message_id=request["id"],
+            correlation_id=correlation_id or request["id"],
+            reply_to=reply_to,
+            timestamp=int(time.time()),
+            app_id="ocho-gateway",
+        )
+        self._publish(Outgoing(topology.JOBS_EXCHANGE, request["tool"], dump_request(request),
+                               properties, what=f"job {request['id']}"))
+
+    def publish_cancel(self, job_id: str) -> None:
+        """Ask every worker (and any worker started later) not to run, or to stop, a job."""
+        body = json.dumps({"action": "cancel", "id": job_id}).encode()
+        properties = pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=PERSISTENT,
+                                          message_id=job_id, timestamp=int(time.time()),
+                                          app_id="ocho-gateway")
+        self._publish(Outgoing(topology.CONTROL_EXCHANGE, "", body, properties,
+                               what=f"cancel of job {job_id}"))
+
+    def _publish(self, item: Outgoing) -> None:
+        if not self.connected:
+            raise BrokerUnavailable(f"the message broker is unavailable ({self.last_error}); "
+                                    "nothing was submitted, try again shortly")
+        self._outbox.put(item)
+        self._wake()
+        try:
+            item.future.result(timeout=self.confirm_timeout)
+        except concurrent.futures.TimeoutError:
+            if not item.future.cancel():
+                # Already on the wire: its confirm decides, give it one more period.
+                try:
+                    item.future.result(timeout=self.confirm_timeout)
+                    return
+                except concurrent.futures.TimeoutError:
+                    pass
+            raise BrokerUnavailable(
+                f"the message broker did not confirm the {item.what} within "
+                f"{self.confirm_timeout:.0f} s; try again shortly") from None
+
+    def _wake(self) -> None:
+        """Make the owning thread leave process_data_events and look at the outbox."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.add_callback_threadsafe(lambda: None)
+        except CONNECTION_ERRORS:
+            pass  # it is reconnecting; it fails or sends the outbox itself
+
+    # -- the owning thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                backoff.reset()
+                self._serve()
+            except CONNECTION_ERRORS as exc:
+                self._down(describe(exc))
+                log.warning("publisher: broker connection lost or refused (%s); "
+                            "retrying in %.1f s", self.last_error, backoff.delay)
+            finally:
+                self._close()
+            if not self._stopping.is_set():
+                backoff.wait(self._stopping)
+        self._down("the gateway is stopping")
+
+    def _connect(self) -> None:
+        connection = pika.BlockingConnection(connection_parameters(self.settings, "publisher"))
+        self._connection = connection
+        channel = connection.channel()
+        channel.confirm_delivery()
+        topology.declare(channel, self.settings.delivery_limit)
+        self._channel = channel
+        self._connected.set()
+        self.last_error = ""
+        log.info("publisher: connected to the broker, topology declared")
+
+    def _serve(self) -> None:
+        assert self._connection is not None
+        while not self._stopping.is_set():
+            self._send_outbox()
+            # Returns early when _wake() posts a callback; otherwise every second,
+            # having answered heartbeats meanwhile.
+            self._connection.process_data_events(time_limit=1.0)
+        self._send_outbox()
+
+    def _send_outbox(self) -> None:
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if not item.future.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting: never send it behind their back
+            self._send(item)
+
+    def _send(self, item: Outgoing) -> None:
+        assert self._channel is not None
+        try:
+            self._channel.basic_publish(item.exchange, item.routing_key, item.body,
+                                        item.properties, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            item.future.set_exception(PublishRejected(
+                f"the broker could not route the {item.what} to any queue "
+                f"(exchange {item.exchange!r}, routing key {item.routing_key!r})"))
+        except pika.exceptions.NackError:
+            item.future.set_exception(PublishRejected(
+                f"the broker refused the {item.what} (nack); try again shortly"))
+        except CONNECTION_ERRORS as exc:
+            item.future.set_exception(BrokerUnavailable(
+                f"the broker connection failed while sending the {item.what}: {describe(exc)}"))
+            raise
+        else:
+            item.future.set_result(None)
+
+    def _down(self, reason: str) -> None:
+        """Mark the broker unavailable and fail everything still waiting to be sent."""
+        self._connected.clear()
+        self.last_error = reason
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(BrokerUnavailable(
+                    f"the message broker is unavailable ({reason}); try again shortly"))
+
+    def _close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._connected.clear()
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except CONNECTION_ERRORS:
+                pass

@@ -1,0 +1,273 @@
+"""The recorder: turns worker events and dead-lettered requests into job state.
+
+A thread with a connection of its own consumes two queues:
+
+- `ocho.recorder` (bound to `ocho.events` with `job.#`): started / output /
+  finished events, validated with ocho.message.load_event and applied to the store;
+- `ocho.dead`: requests the broker dead-lettered (rejected by a worker, over the
+  delivery limit, expired): their job ends `rejected` with the reason, unless it
+  already ended.
+
+Deliveries are taken in batches (whatever arrived together, up to the prefetch),
+applied in one store transaction, and acked only after it committed, so a
+gateway that dies loses nothing: the broker delivers the batch again and the
+store's rules make a replay harmless. Something that is not an event is logged
+and acked, so one bad message never blocks the queue. Acks go only to the
+channel the deliveries came from; after a reconnect the broker redelivers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from gateway.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from gateway.notifier import JobNotifier
+from gateway.store import Store, StoreTransaction
+from ocho import topology
+from ocho.errors import InvalidRequest, StoreUnavailable
+from ocho.message import load_event
+from ocho.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    tag: int
+    queue: str
+    routing_key: str
+    properties: pika.BasicProperties
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    job_id: str
+    reason: str
+    request: dict[str, Any]  # tool, args, timeout, correlation_id as far as known
+
+
+class Recorder:
+    def __init__(self, settings: Settings, store: Store, notifier: JobNotifier, *,
+                 prefetch: int = 200) -> None:
+        self.settings = settings
+        self.store = store
+        self.notifier = notifier
+        self.prefetch = prefetch
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ocho-recorder", daemon=True)
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._arrived: list[Delivery] = []
+        self._connected = threading.Event()
+        self.last_error = "not connected yet"
+        self.recorded = 0  # deliveries handled since start, for logs and tests
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand (so it is acked), then close the connection."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                self._connect()
+                backoff.reset()
+                self._consume()
+            except CONNECTION_ERRORS as exc:
+                self.last_error = describe(exc)
+                log.warning("recorder: broker connection lost or refused (%s); "
+                            "retrying in %.1f s", self.last_error, backoff.delay)
+            finally:
+                self._close()
+            if not self._stopping.is_set():
+                backoff.wait(self._stopping)
+
+    def _connect(self) -> None:
+        connection = pika.BlockingConnection(connection_parameters(self.settings, "recorder"))
+        self._connection = connection
+        channel = connection.channel()
+        topology.declare(channel, self.settings.delivery_limit)
+        channel.basic_qos(prefetch_count=self.prefetch)
+        self._arrived = []  # nothing from an earlier channel may be acked on this one
+        for queue_name in (topology.RECORDER_QUEUE, topology.DEAD_QUEUE):
+            channel.basic_consume(queue_name, self._on_delivery(queue_name))
+        self._channel = channel
+        self._connected.set()
+        self.last_error = ""
+        log.info("recorder: consuming %s and %s", topology.RECORDER_QUEUE, topology.DEAD_QUEUE)
+
+    def _close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._connected.clear()
+        self._arrived = []
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except CONNECTION_ERRORS:
+                pass
+
+    def _on_delivery(self, queue_name: str) -> Any:
+        def arrived(_channel: BlockingChannel, method: Any, properties: pika.BasicProperties,
+                    body: bytes) -> None:
+            self._arrived.append(Delivery(method.delivery_tag, queue_name, method.routing_key,
+                                          properties, body))
+        return arrived
+
+    def _consume(self) -> None:
+        assert self._connection is not None
+        while not self._stopping.is_set():
+            # Dispatches every delivery already read from the socket in one go, so
+            # a burst becomes one batch and one transaction.
+            self._connection.process_data_events(time_limit=0.5)
+            if self._arrived:
+                batch, self._arrived = self._arrived, []
+                self._record(batch)
+
+    # -- recording --------------------------------------------------------------------------
+
+    def _record(self, batch: list[Delivery]) -> None:
+        assert self._connection is not None and self._channel is not None
+        channel = self._channel
+        backoff = Backoff(first=0.5, most=10.0)
+        while True:
+            try:
+                changed = self._apply(batch)
+                break
+            except StoreUnavailable as exc:
+                log.warning("recorder: job store unavailable (%s); keeping %d deliveries "
+                            "unacked and retrying in %.1f s", exc, len(batch), backoff.delay)
+                # Waiting here (not sleeping) keeps the broker's heartbeats answered.
+                self._connection.process_data_events(time_limit=backoff.delay)
+                backoff.delay = min(backoff.delay * 2, 10.0)
+                if self._stopping.is_set():
+                    return  # unacked: the broker redelivers them to the next recorder
+        # Every delivery up to this tag on this channel is in this batch or was acked.
+        channel.basic_ack(delivery_tag=max(d.tag for d in batch), multiple=True)
+        self.recorded += len(batch)
+        if changed:
+            self.notifier.notify(changed)
+
+    def _apply(self, batch: list[Delivery]) -> set[str]:
+        """Apply the batch in one transaction; if one item breaks it, apply them one by one
+        so that only that item is dropped."""
+        items = [item for item in (self._decode(d) for d in batch) if item is not None]
+        if not items:
+            return set()
+        try:
+            with self.store.transaction() as tx:
+                return {job_id for item in items if (job_id := self._apply_one(tx, item))}
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # a single bad item, e.g. a value the database refuses
+            log.warning("recorder: a batch of %d failed (%s); applying one by one",
+                        len(items), describe(exc))
+        changed: set[str] = set()
+        for item in items:
+            try:
+                with self.store.transaction() as tx:
+                    job_id = self._apply_one(tx, item)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                log.error("recorder: dropped %s for job %s: %s", _kind(item), _job_id(item),
+                          describe(exc))
+                continue
+            if job_id:
+                changed.add(job_id)
+        return changed
+
+    def _apply_one(self, tx: StoreTransaction, item: dict[str, Any] | DeadLetter) -> str | None:
+        if isinstance(item, DeadLetter):
+            changed = tx.reject(item.job_id, item.reason, **item.request)
+            if changed:
+                log.info("job %s rejected: %s", item.job_id, item.reason)
+            return item.job_id if changed else None
+        changed = tx.apply_event(item)
+        if changed and item["type"] != "output":
+            state = item.get("state") or "running"
+            log.info("job %s %s (attempt %s)", item["id"], state, item["attempt"])
+        return str(item["id"]) if changed else None
+
+    def _decode(self, delivery: Delivery) -> dict[str, Any] | DeadLetter | None:
+        if delivery.queue == topology.DEAD_QUEUE:
+            return self._dead_letter(delivery)
+        try:
+            return load_event(delivery.body)
+        except InvalidRequest as exc:
+            log.warning("recorder: dropped an invalid event (routing key %s, message id %s): "
+                        "%s; body starts %.120r", delivery.routing_key,
+                        delivery.properties.message_id, exc, delivery.body)
+            return None
+
+    def _dead_letter(self, delivery: Delivery) -> DeadLetter | None:
+        try:
+            body = json.loads(delivery.body)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        request = body if isinstance(body, dict) else {}
+        job_id = delivery.properties.message_id or request.get("id")
+        if not job_id or not isinstance(job_id, str):
+            log.warning("recorder: dropped a dead letter without a job id (no message_id, "
+                        "no id in the body); body starts %.120r", delivery.body)
+            return None
+        headers = delivery.properties.headers or {}
+        deaths = headers.get("x-death") or [{}]
+        death = deaths[0] if isinstance(deaths[0], dict) else {}
+        why = str(death.get("reason") or headers.get("x-first-death-reason") or "unknown")
+        routing_keys = death.get("routing-keys") or [delivery.routing_key]
+        tool = request.get("tool") if isinstance(request.get("tool"), str) else routing_keys[0]
+        args = request.get("args")
+        timeout = request.get("timeout")
+        return DeadLetter(
+            job_id=job_id,
+            reason=self._death_reason(why, str(death.get("queue") or topology.JOBS_QUEUE)),
+            request={
+                "tool": tool or None,
+                "args": [str(a) for a in args] if isinstance(args, list) else None,
+                "timeout": timeout if isinstance(timeout, int) else None,
+                "correlation_id": delivery.properties.correlation_id,
+            },
+        )
+
+    def _death_reason(self, why: str, queue_name: str) -> str:
+        limit = self.settings.delivery_limit
+        if why == "delivery_limit":
+            return (f"dead-lettered after {limit + 1} deliveries (delivery limit): every "
+                    "attempt to run it failed or its worker died")
+        if why == "rejected":
+            return "dead-lettered: a worker rejected the request as one it cannot run"
+        if why == "expired":
+            return f"dead-lettered: it expired in queue {queue_name} before a worker took it"
+        if why == "maxlen":
+            return f"dead-lettered: queue {queue_name} was full"
+        return f"dead-lettered from queue {queue_name} ({why})"
+
+
+def _kind(item: dict[str, Any] | DeadLetter) -> str:
+    return "a dead letter" if isinstance(item, DeadLetter) else f"a {item['type']} event"
+
+
+def _job_id(item: dict[str, Any] | DeadLetter) -> str:
+    return item.job_id if isinstance(item, DeadLetter) else str(item["id"])
