@@ -1,0 +1,39 @@
+"""Liveness and readiness, for process supervisors and load balancers."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from gateway.services import services
+from ocho.errors import StoreUnavailable
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    """The process is up and serving HTTP."""
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Ready to take jobs: the broker connections are up and the store answers."""
+    portal = services()
+    down: list[str] = []
+    checks = {"publisher": "up", "recorder": "up", "store": "up"}
+    if not portal.publisher.connected:
+        checks["publisher"] = "down"
+        down.append(f"broker connection for publishing is down ({portal.publisher.last_error})")
+    if not portal.recorder.connected:
+        checks["recorder"] = "down"
+        down.append(f"broker connection for recording events is down "
+                    f"({portal.recorder.last_error})")
+    try:
+        portal.store.ping()
+    except StoreUnavailable as exc:
+        checks["store"] = "down"
+        down.append(f"job store is unreachable ({exc})")
+    if down:
+        return jsonify({"ready": False, "error": "not ready: " + "; ".join(down), **checks}), 503
+    return jsonify({"ready": True, **checks}), 200

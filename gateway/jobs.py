@@ -1,0 +1,224 @@
+"""HTTP resources for jobs: submit, look up (with long-poll), tail output, stream
+events, cancel, list."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from gateway.services import Services, services
+from gateway.store import Job, OutputSlice
+from gateway.submission import read_submission
+from ocho.errors import BrokerUnavailable, InvalidRequest, JobConflict, PublishRejected
+from ocho.message import STATES
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("jobs", __name__)
+
+MAX_WAIT_S = 60
+# A waiter re-reads the store this often even unwoken: another gateway sharing the
+# same PostgreSQL may have recorded the change.
+RECHECK_S = 2.0
+SSE_KEEPALIVE_S = 15.0
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+SSE_READ_LIMIT = 256 * 1024
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+@blueprint.post("/jobs")
+def submit() -> tuple[Response, int, dict[str, str]]:
+    portal = services()
+    submission = read_submission(request, portal.settings, portal.catalog)
+    job_request = submission.request
+    job = portal.store.create_job(job_request["id"], job_request["tool"], job_request["args"],
+                                  timeout=job_request["timeout"],
+                                  correlation_id=submission.correlation_id)
+    try:
+        portal.publisher.publish_job(job_request, correlation_id=submission.correlation_id)
+    except (BrokerUnavailable, PublishRejected) as exc:
+        portal.store.delete_unpublished(job.id)
+        log.warning("job %s not submitted: %s", job.id, exc)
+        raise
+    log.info("job %s submitted: %s (%d file(s), timeout %d s)", job.id,
+             shlex.join([job.tool or "", *job.args]), len(job_request["files"]), job.timeout)
+    return jsonify(job.to_json()), 202, {"Location": f"/jobs/{job.id}"}
+
+
+@blueprint.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    wait = _float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
+    job = _await(services(), job_id, wait, lambda job: job.terminal)
+    return jsonify(job.to_json())
+
+
+@blueprint.get("/jobs/<job_id>/output")
+def get_output(job_id: str) -> Response:
+    portal = services()
+    offset = _int_arg("offset", 0, 0, None)
+    limit = _int_arg("limit", DEFAULT_OUTPUT_LIMIT, 4, None)
+    wait = _float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
+    out = portal.store.read_output(job_id, offset, limit)
+    if wait and not out.chunks and not out.finished:
+        # Long-poll for output past `offset` (or the end of the job).
+        def has_news(job: Job) -> bool:
+            nonlocal out
+            out = portal.store.read_output(job_id, offset, limit)
+            return bool(out.chunks) or out.finished
+
+        _await(portal, job_id, wait, has_news)
+    return jsonify(_output_json(out))
+
+
+@blueprint.get("/jobs/<job_id>/events")
+def stream_events(job_id: str) -> Response:
+    portal = services()
+    portal.store.get_job(job_id)  # a 404 now, not an empty stream
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is not None:
+        try:
+            offset = max(0, int(last_event_id))
+        except ValueError:
+            raise InvalidRequest("Last-Event-ID must be a byte offset sent as an event id",
+                                 field="Last-Event-ID") from None
+    else:
+        offset = _int_arg("offset", 0, 0, None)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(_events(portal, job_id, offset), mimetype="text/event-stream",
+                    headers=headers)
+
+
+@blueprint.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> tuple[Response, int]:
+    portal = services()
+    job = portal.store.get_job(job_id)
+    if job.terminal:
+        raise JobConflict(f"job {job_id} already ended ({job.state}); there is nothing to cancel")
+    portal.publisher.publish_cancel(job_id)
+    job = portal.store.cancel_queued(job_id)
+    portal.notifier.notify([job_id])
+    log.info("job %s cancel requested (%s)", job_id,
+             "cancelled before it started" if job.state != "running"
+             else "the worker will stop it")
+    return jsonify(job.to_json()), 202
+
+
+@blueprint.get("/jobs")
+def list_jobs() -> Response:
+    states = [s for s in request.args.get("state", "").split(",") if s]
+    for state in states:
+        if state not in STATES:
+            raise InvalidRequest(f"state {state!r} is not one of {', '.join(STATES)}",
+                                 field="state")
+    page = services().store.list_jobs(
+        states=states,
+        tool=request.args.get("tool") or None,
+        limit=_int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE),
+        before=request.args.get("before") or None,
+        offset=_int_arg("offset", 0, 0, None),
+    )
+    return jsonify({"jobs": [job.to_json() for job in page.jobs], "next": page.next})
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _await(portal: Services, job_id: str, wait: float, done: Callable[[Job], bool]) -> Job:
+    """The job once `done(job)` holds, or as it is after `wait` seconds."""
+    job = portal.store.get_job(job_id)
+    if wait <= 0 or done(job):
+        return job
+    deadline = time.monotonic() + wait
+    with portal.notifier.watch(job_id) as watch:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or watch.closing:
+                return job
+            watch.wait(min(left, RECHECK_S))
+            job = portal.store.get_job(job_id)
+            if done(job):
+                return job
+
+
+def _events(portal: Services, job_id: str, offset: int) -> Iterator[str]:
+    """Server-sent events: `output` per chunk as recorded, then `finished`; the event id
+    is the byte offset after the chunk, so a reconnecting client resumes where it was."""
+    position = offset
+    attempt: int | None = None
+    last_sent = time.monotonic()
+    with portal.notifier.watch(job_id) as watch:
+        while True:
+            out = portal.store.read_output(job_id, position, SSE_READ_LIMIT)
+            if attempt is not None and out.job.attempt != attempt:
+                # A redelivery replaced the output: start over from its beginning.
+                yield _sse("attempt", {"attempt": out.job.attempt}, 0)
+                position, attempt = 0, out.job.attempt
+                continue
+            attempt = out.job.attempt
+            for chunk in out.chunks:
+                yield _sse("output", {"offset": chunk.offset, "stream": chunk.stream,
+                                      "data": chunk.text}, chunk.end)
+                last_sent = time.monotonic()
+            position = out.next_offset
+            if out.finished:
+                yield _sse("finished", out.job.to_json(), position)
+                return
+            if out.chunks:
+                continue  # there may be more than one read's worth
+            if watch.closing:
+                return
+            watch.wait(RECHECK_S)
+            if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                yield ": keep-alive\n\n"  # also finds out when the client went away
+                last_sent = time.monotonic()
+
+
+def _sse(event: str, data: dict[str, Any], event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _output_json(out: OutputSlice) -> dict[str, Any]:
+    return {
+        "data": out.data,
+        "offset": out.offset,
+        "next_offset": out.next_offset,
+        "finished": out.finished,
+        "state": out.job.state,
+        "truncated": out.job.truncated,
+        "attempt": out.job.attempt,
+    }
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number", field=name) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise InvalidRequest(f"{name} must be {bounds}", field=name)
+    return value
+
+
+def _float_arg(name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of seconds", field=name) from None
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(f"{name} must be between {minimum:g} and {maximum:g} seconds",
+                             field=name)
+    return value

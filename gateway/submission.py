@@ -1,0 +1,157 @@
+"""Turning a POST /jobs request into a validated job request.
+
+Two shapes are accepted:
+
+- JSON `{tool, args, timeout, files?, id?, correlation_id?}`, files as base64;
+- multipart/form-data (or a urlencoded form) with either a `line` field (a
+  command line, split like a shell would, never run by one) or `tool` plus
+  `args` (a JSON list), an optional `timeout`, and uploaded files, each named
+  by its filename (else by its field name).
+
+Both end in ocho.message.load_request, the one definition of a valid request;
+every problem is an InvalidRequest naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+from typing import Any
+
+from flask import Request
+
+from gateway.catalog import ToolCatalog
+from ocho.errors import InvalidRequest, PayloadTooLarge
+from ocho.message import decode_files, encode_files, is_safe_file_name, load_request
+from ocho.settings import Settings
+
+FORM_FIELDS = ("line", "tool", "args", "timeout", "id", "correlation_id")
+MAX_CORRELATION_ID = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    request: dict[str, Any]  # id, tool, args, files (base64), timeout: ready to publish
+    correlation_id: str
+
+
+def read_submission(http: Request, settings: Settings, catalog: ToolCatalog) -> Submission:
+    if http.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raw, correlation_id = _from_form(http, settings)
+    else:
+        raw, correlation_id = _from_json(http)
+    request = load_request(raw)
+    files = decode_files(request["files"])  # checks the base64 of JSON uploads too
+    _check_files(files, settings)
+    catalog.path(request["tool"])  # UnknownTool lists the tools there are
+    timeout = request["timeout"] or settings.default_timeout
+    request["timeout"] = min(timeout, settings.max_timeout)
+    header_id = http.headers.get("X-Correlation-Id")
+    correlation_id = _check_correlation_id(correlation_id or header_id) or request["id"]
+    return Submission(request=request, correlation_id=correlation_id)
+
+
+def _from_json(http: Request) -> tuple[dict[str, Any], str | None]:
+    body = http.get_data(cache=False)
+    if not body.strip():
+        raise InvalidRequest('send a JSON body like {"tool": "ls", "args": ["-l"]}, '
+                             "or a multipart form with a `line` field", field="body")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest('body must be a JSON object like {"tool": "ls", "args": ["-l"]}',
+                             field="body")
+    correlation_id = raw.pop("correlation_id", None)
+    if correlation_id is not None and not isinstance(correlation_id, str):
+        raise InvalidRequest("correlation_id must be a string", field="correlation_id")
+    return raw, correlation_id
+
+
+def _from_form(http: Request, settings: Settings) -> tuple[dict[str, Any], str | None]:
+    form = http.form
+    for name in form:
+        if name not in FORM_FIELDS:
+            raise InvalidRequest(f"unknown form field {name!r}; use line, or tool and args, "
+                                 "with timeout and files", field=name)
+    raw: dict[str, Any] = {}
+    line = form.get("line")
+    if line is not None:
+        if "tool" in form or "args" in form:
+            raise InvalidRequest("send either `line` or `tool` and `args`, not both",
+                                 field="line")
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise InvalidRequest(f"cannot split the command line: {exc}", field="line") from None
+        if not words:
+            raise InvalidRequest("the command line is empty; start it with a tool name",
+                                 field="line")
+        raw["tool"], raw["args"] = words[0], words[1:]
+    else:
+        if "tool" not in form:
+            raise InvalidRequest("send a `line` field, or `tool` and `args` fields",
+                                 field="tool")
+        raw["tool"] = form["tool"]
+        if "args" in form:
+            try:
+                args = json.loads(form["args"])
+            except ValueError:
+                args = None
+            if not isinstance(args, list):
+                raise InvalidRequest('args must be a JSON list of strings, e.g. ["-l", "x y"]',
+                                     field="args")
+            raw["args"] = args
+    if form.get("timeout"):
+        try:
+            raw["timeout"] = int(form["timeout"])
+        except ValueError:
+            raise InvalidRequest("timeout must be a whole number of seconds",
+                                 field="timeout") from None
+    if form.get("id"):
+        raw["id"] = form["id"]
+    raw["files"] = encode_files(_uploads(http, settings))
+    return raw, form.get("correlation_id")
+
+
+def _uploads(http: Request, settings: Settings) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    uploads = list(http.files.items(multi=True))
+    if len(uploads) > settings.max_files:
+        raise PayloadTooLarge(f"{len(uploads)} files sent; at most {settings.max_files} "
+                              "are allowed (OCHO_MAX_FILES)", field="files")
+    for field_name, upload in uploads:
+        name = upload.filename or field_name
+        if not is_safe_file_name(name):
+            raise InvalidRequest(
+                f"file name {name!r} is not allowed: use a plain name without '/', '\\', "
+                "NUL or a leading dot", field=f"files.{name}")
+        if name in files:
+            raise InvalidRequest(f"two files are named {name!r}", field=f"files.{name}")
+        content = upload.stream.read(settings.max_file_bytes + 1)
+        if len(content) > settings.max_file_bytes:
+            raise PayloadTooLarge(f"file {name!r} is larger than {settings.max_file_bytes} "
+                                  "bytes (OCHO_MAX_FILE_BYTES)", field=f"files.{name}")
+        files[name] = content
+    return files
+
+
+def _check_files(files: dict[str, bytes], settings: Settings) -> None:
+    if len(files) > settings.max_files:
+        raise PayloadTooLarge(f"{len(files)} files sent; at most {settings.max_files} are "
+                              "allowed (OCHO_MAX_FILES)", field="files")
+    for name, content in files.items():
+        if len(content) > settings.max_file_bytes:
+            raise PayloadTooLarge(f"file {name!r} is larger than {settings.max_file_bytes} "
+                                  "bytes (OCHO_MAX_FILE_BYTES)", field=f"files.{name}")
+
+
+def _check_correlation_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    if len(value) > MAX_CORRELATION_ID or not value.isprintable():
+        raise InvalidRequest(f"correlation_id must be printable and at most "
+                             f"{MAX_CORRELATION_ID} characters", field="correlation_id")
+    return value

@@ -1,0 +1,27 @@
+"""HTTP resources for the tool catalog: what can run, and each tool's --help."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+from werkzeug.exceptions import NotFound
+
+from gateway.services import services
+from ocho.errors import UnknownTool
+
+blueprint = Blueprint("tools", __name__)
+
+
+@blueprint.get("/tools")
+def list_tools() -> Response:
+    catalog = services().catalog
+    return jsonify({"tools": [{"name": name, "summary": catalog.summary(name)}
+                              for name in catalog.names()]})
+
+
+@blueprint.get("/tools/<name>")
+def tool_help(name: str) -> Response:
+    try:
+        text = services().catalog.help(name)
+    except UnknownTool as exc:
+        raise NotFound(str(exc)) from None
+    return jsonify({"name": name, "help": text})
