@@ -22,3 +22,6 @@ ALL_CLUSTERS = CLUSTER
 def equality_selector(labels: dict[str, str]) -> str:
     """`a=1,b=2`: a labelSelector that matches objects carrying all of `labels`."""
     return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+# Annotation: the definition file a controller was deployed from.
+DEFINITION_ANNOTATION = PREFIX + "definition"

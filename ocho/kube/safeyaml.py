@@ -96,7 +96,7 @@ def _children(node: Node) -> list[Node]:
 
 
 try:  # libyaml's parser when present (faster), our composer either way
-    from yaml import CParser as _Parser  # type: ignore[attr-defined]
+    from yaml.cyaml import CParser as _Parser
 
     class _Loader(_BoundedComposer, _Parser, SafeConstructor, Resolver):  # type: ignore[misc]
         def __init__(self, text: str) -> None:
@@ -137,7 +137,7 @@ def loads(data: str | bytes) -> Any:
         return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
         if mark is None:
             raise YamlProblem(problem) from None
         raise YamlProblem(problem, mark.line + 1, mark.column + 1) from None

@@ -1,0 +1,62 @@
+"""What every tool script shares: its argument parser and how it ends.
+
+A tool ends with exit code 0 on success and non-zero with ONE line saying why
+on failure, never a traceback: on stderr for people, or as `{"ok": false,
+"error": ...}` on stdout with -j for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from ocho.errors import OchoError
+from ocho.kube.errors import one_line
+from ocho.kube.output import emit_json
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+
+
+class ToolArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def make_parser(prog: str, description: str, epilog: str = "") -> ToolArgumentParser:
+    parser = ToolArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-j", "--json", action="store_true",
+                        help="print one JSON document (for machines) instead of text")
+    parser.add_argument("--k8s-namespace", metavar="NS",
+                        help="Kubernetes namespace to work in (default: $OCHO_K8S_NAMESPACE, "
+                             "else the kubeconfig context's, else 'default')")
+    return parser
+
+
+def run(body: Callable[[], int], *, prog: str, json_output: bool) -> int:
+    """Run a tool's body and turn every failure into an exit code and one line."""
+    try:
+        return body()
+    except OchoError as exc:
+        return fail(str(exc), prog=prog, json_output=json_output)
+    except KeyboardInterrupt:
+        return fail("interrupted", prog=prog, json_output=json_output, code=130)
+    except BrokenPipeError:
+        return EXIT_FAILED  # whoever read our output went away; nothing to tell them
+    except Exception as exc:  # noqa: BLE001 - a person gets one line, not a traceback
+        return fail(f"internal error ({type(exc).__name__}): {exc}", prog=prog,
+                    json_output=json_output, code=EXIT_INTERNAL)
+
+
+def fail(message: str, *, prog: str, json_output: bool, code: int = EXIT_FAILED) -> int:
+    if json_output:
+        emit_json({"ok": False, "error": one_line(message)})
+    else:
+        print(f"{prog}: {one_line(message)}", file=sys.stderr)
+    return code

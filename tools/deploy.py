@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""deploy: one ReplicationController per container definition."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The tool runs from the job's directory, among the user's uploaded files: an
+# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from typing import Any  # noqa: E402
+
+from ocho.errors import OchoError  # noqa: E402
+from ocho.kube import labels, tool  # noqa: E402
+from ocho.kube.api import KubeApi, connect  # noqa: E402 - imports the client lazily
+from ocho.kube.config import ToolEnvironment  # noqa: E402
+from ocho.kube.definition import (  # noqa: E402
+    Definition,
+    DefinitionError,
+    Overrides,
+    expand_paths,
+    load_definitions,
+    load_overrides,
+)
+from ocho.kube.errors import KubeError  # noqa: E402
+from ocho.kube.manifest import build_controller  # noqa: E402
+from ocho.kube.names import DNS1123_LABEL_RULE, is_dns1123_label  # noqa: E402
+from ocho.kube.output import emit_json  # noqa: E402
+
+PROG = "deploy"
+DESCRIPTION = """\
+Spawn one ReplicationController (and its pods) per container definition.
+
+Every definition is checked first: if any is invalid, nothing is created and
+every problem is listed with its file and field. Ochopod's settings are added
+to each container (ochopod_cluster, ochopod_namespace, ochopod_application,
+the definition's `settings` as JSON in $pod, control port 8080).
+
+A definition (YAML):
+    cluster:  zookeeper                  # required: a DNS-1123 label
+    image:    paugamo/k8s-ec2-zookeeper  # required
+    ports:    [2181, 2888, 3888]
+    settings: {tick: 2000}               # any data -> $pod as JSON
+    pods:     3                          # default replica count
+    env: {NAME: value}    resources: {requests: {cpu: 250m}, limits: {memory: 1Gi}}
+    command: [...]        args: [...]    labels: {team: data}
+"""
+EPILOG = """\
+overrides (-o): a YAML mapping merged deeply into every definition before it is
+checked; a top-level key with a dot is a <namespace>.<cluster> pattern whose value
+applies only to matching clusters, e.g. `dev.web-server: {pods: 2}`.
+
+A job that runs again (same $OCHO_JOB_ID) finds the controllers it created by
+their labels and creates no second one.
+
+examples:
+  deploy zookeeper.yml -p 3
+  deploy '*.yml' -n dev -o dev-overrides.yml
+  deploy --dry-run kafka.yml | kubernetes-validate --strict -
+"""
+
+
+@dataclasses.dataclass
+class Outcome:
+    source: str
+    cluster: str
+    state: str  # created | exists | failed | skipped
+    controller: str | None = None
+    pods: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("created", "exists")
+
+
+def pod_count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of pods, not {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool.make_parser(PROG, DESCRIPTION, EPILOG)
+    parser.add_argument("definitions", nargs="+", metavar="DEFINITION",
+                        help="container definition files; globs such as '*.yml' are expanded")
+    parser.add_argument("-p", "--pods", type=pod_count, metavar="PODS",
+                        help="pods per cluster (default: the definition's `pods`, else 1)")
+    parser.add_argument("-n", "--namespace", default="default", metavar="NAMESPACE",
+                        help="Ochopod namespace of the clusters (default: default)")
+    parser.add_argument("-o", "--overrides", metavar="OVERRIDES.yml",
+                        help="YAML merged into every definition (see below)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the manifests as YAML and contact nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return tool.run(lambda: deploy(args), prog=PROG, json_output=args.json)
+
+
+def deploy(args: argparse.Namespace) -> int:
+    env = ToolEnvironment.from_environ()
+    if not is_dns1123_label(args.namespace):
+        raise OchoError(f"namespace {args.namespace!r} {DNS1123_LABEL_RULE}")
+    paths, problems = expand_paths(args.definitions)
+    overrides = Overrides()
+    if args.overrides:
+        try:
+            overrides = load_overrides(args.overrides)
+        except DefinitionError as exc:
+            problems += exc.problems
+    definitions, more = load_definitions(paths, overrides, args.namespace)
+    problems += more
+    if problems:
+        return report_invalid(problems, args)
+
+    when = datetime.now(UTC)
+    plans = [(definition, build_controller(
+        definition, namespace=args.namespace, job_id=env.job_id, when=when,
+        pods=args.pods if args.pods is not None else (
+            definition.pods if definition.pods is not None else 1)))
+        for definition in definitions]
+    if args.dry_run:
+        return print_manifests([manifest for _, manifest in plans], args.json)
+
+    api = connect(env, args.k8s_namespace)  # imports the kubernetes client: only now
+    outcomes: list[Outcome] = []
+    fatal: KubeError | None = None
+    for definition, manifest in plans:
+        if fatal is not None:
+            outcomes.append(Outcome(definition.source, definition.cluster, "skipped",
+                                    error=f"not attempted: {fatal}"))
+            continue
+        try:
+            outcomes.append(deploy_one(api, definition, manifest, args.namespace, env.job_id))
+        except KubeError as exc:
+            outcomes.append(Outcome(definition.source, definition.cluster, "failed",
+                                    error=str(exc)))
+            if exc.fatal:
+                fatal = exc
+    return report(outcomes, args, api.namespace)
+
+
+def deploy_one(api: KubeApi, definition: Definition, manifest: dict[str, Any], namespace: str,
+               job_id: str | None) -> Outcome:
+    """Create the controller unless this job already did (a redelivered job runs again)."""
+    if job_id:
+        mine = {labels.NAMESPACE: namespace, labels.CLUSTER: definition.cluster,
+                labels.JOB: job_id}
+        existing = [rc for rc in api.list_controllers(labels.equality_selector(mine))
+                    if not rc["metadata"].get("deletionTimestamp")]
+        if existing:
+            rc = existing[0]
+            return Outcome(definition.source, definition.cluster, "exists",
+                           controller=rc["metadata"]["name"], pods=rc["spec"].get("replicas", 1))
+    created = api.create_controller(manifest)
+    return Outcome(definition.source, definition.cluster, "created",
+                   controller=created["metadata"]["name"],
+                   pods=created["spec"].get("replicas", 1))
+
+
+def print_manifests(manifests: list[dict[str, Any]], json_output: bool) -> int:
+    if json_output:
+        emit_json({"ok": True, "dry_run": True, "manifests": manifests})
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False,
+                                            default_flow_style=False, width=100))
+    return 0
+
+
+def report_invalid(problems: list[str], args: argparse.Namespace) -> int:
+    summary = f"0% success / spawned 0 pod(s): {len(problems)} problem(s), nothing deployed"
+    if args.json:
+        emit_json({"ok": False, "error": summary, "problems": problems, "pods": 0,
+                   "definitions": []})
+    else:
+        for problem in problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        print(summary)
+    return tool.EXIT_FAILED
+
+
+def report(outcomes: list[Outcome], args: argparse.Namespace, k8s_namespace: str) -> int:
+    succeeded = sum(1 for outcome in outcomes if outcome.ok)
+    percent = 100 * succeeded // len(outcomes) if outcomes else 0
+    pods = sum(outcome.pods for outcome in outcomes if outcome.ok)
+    ok = succeeded == len(outcomes)
+    if args.json:
+        emit_json({"ok": ok, "success": percent, "pods": pods, "k8s_namespace": k8s_namespace,
+                   "definitions": [dataclasses.asdict(outcome) for outcome in outcomes]})
+        return 0 if ok else tool.EXIT_FAILED
+    for outcome in outcomes:
+        qualified = f"{args.namespace}.{outcome.cluster}"
+        if outcome.state == "created":
+            print(f"{outcome.source}: deployed {qualified} as {outcome.controller} "
+                  f"({outcome.pods} pod(s))")
+        elif outcome.state == "exists":
+            print(f"{outcome.source}: {qualified} was already deployed by this job as "
+                  f"{outcome.controller} ({outcome.pods} pod(s)); nothing new created")
+        else:
+            print(f"{PROG}: {outcome.source}: {outcome.error}", file=sys.stderr)
+    print(f"{percent}% success / spawned {pods} pod(s)")
+    return 0 if ok else tool.EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
