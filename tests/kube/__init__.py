@@ -1,0 +1,1 @@
+"""A Kubernetes API emulator for the tool tests, served over real HTTP."""
