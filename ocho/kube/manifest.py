@@ -13,7 +13,7 @@ from typing import Any
 
 from ocho.kube import labels
 from ocho.kube.definition import CONTROL_PORT, Definition
-from ocho.kube.names import controller_name
+from ocho.kube.names import controller_name, discriminator
 
 
 def cluster_labels(namespace: str, cluster: str, application: str,
@@ -32,7 +32,7 @@ def settings_json(definition: Definition) -> str:
 def build_controller(definition: Definition, *, namespace: str, pods: int,
                      job_id: str | None, when: datetime) -> dict[str, Any]:
     """The ReplicationController for `definition`, as the JSON/YAML the API takes."""
-    name = controller_name(namespace, definition.cluster, when)
+    name = controller_name(namespace, definition.cluster, when, discriminator(job_id))
     selector = cluster_labels(namespace, definition.cluster, name, job_id)
     all_labels = {**definition.labels, labels.MANAGED_BY: labels.MANAGED_BY_VALUE, **selector}
     env = [{"name": key, "value": value} for key, value in definition.env.items()]

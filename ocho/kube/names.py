@@ -7,6 +7,7 @@ with a message that says what is allowed instead of a 422 from the server.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from datetime import datetime
 
@@ -59,16 +60,25 @@ def label_value_problem(value: str) -> str | None:
     return None
 
 
-def controller_name(namespace: str, cluster: str, when: datetime) -> str:
-    """`<namespace>-<cluster>-<UTC timestamp>`, a DNS-1123 label of at most 57 chars.
+def controller_name(namespace: str, cluster: str, when: datetime, discriminator: str) -> str:
+    """`<namespace>-<cluster>-<UTC timestamp>-<discriminator>`: a DNS-1123 label, <= 57 chars.
 
-    Long namespace/cluster pairs are cut and given a short hash of the full pair,
-    so that two long clusters that share a prefix still get different names.
+    The timestamp has one-second resolution, so two jobs deploying the same
+    cluster in the same second would collide (409): the discriminator (a few hex
+    digits from the job id) keeps their names apart. Long namespace/cluster pairs
+    are cut and given a short hash of the full pair, so that two long clusters
+    that share a prefix still get different names.
     """
-    stamp = when.strftime(TIMESTAMP_FORMAT)
-    room = CONTROLLER_NAME_MAX - len(stamp) - 1
+    suffix = f"{when.strftime(TIMESTAMP_FORMAT)}-{discriminator}"
+    room = CONTROLLER_NAME_MAX - len(suffix) - 1
     prefix = f"{namespace}-{cluster}"
     if len(prefix) > room:
         digest = hashlib.sha256(f"{namespace}.{cluster}".encode()).hexdigest()[:6]
         prefix = f"{prefix[:room - len(digest) - 1].rstrip('-')}-{digest}"
-    return f"{prefix}-{stamp}"
+    return f"{prefix}-{suffix}"
+
+
+def discriminator(job_id: str | None) -> str:
+    """Four hex digits: from the job id when there is one (stable across reruns)."""
+    seed = job_id if job_id else os.urandom(8).hex()
+    return hashlib.sha256(seed.encode()).hexdigest()[:4]

@@ -60,3 +60,10 @@ def fail(message: str, *, prog: str, json_output: bool, code: int = EXIT_FAILED)
     else:
         print(f"{prog}: {one_line(message)}", file=sys.stderr)
     return code
+
+
+def add_cluster_patterns(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    from ocho.kube.patterns import PATTERN_HELP
+
+    parser.add_argument("clusters", nargs="+" if required else "*", metavar="CLUSTER",
+                        help=PATTERN_HELP + ("" if required else " (default: every cluster)"))

@@ -3,41 +3,19 @@
     pytest_plugins = ["tests.kube.fixtures"]
 
 `kube_emulator` is a fresh API emulator per test. `job_dir` is what the worker
-makes for a job: a temp dir with the tool script copied in and the user's
-files next to it. `run_tool` runs a tool there as the worker does: the venv's
-python, cwd = that dir, only the allow-listed environment.
+makes for a job: an empty temp dir. `run_tool("grep", "zoo*", files=...)` runs a
+tool there against the emulator, as the worker would (see tests.kube.toolrun).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.kube.emulator import KubeEmulator
-
-ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ROOT / "tools"
-DEFINITIONS = ROOT / "definitions"
-
-
-@dataclasses.dataclass
-class ToolResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def output(self) -> str:
-        return self.out + self.err
+from tests.kube.toolrun import ToolResult, run_tool_in, tool_env
 
 
 @pytest.fixture
@@ -53,38 +31,6 @@ def job_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def tool_env(job_dir: Path, emulator: KubeEmulator | None = None, *,
-             job_id: str | None = None, attempt: int = 1, **extra: str) -> dict[str, str]:
-    """The environment the worker gives a tool: nothing but the allow-list."""
-    env = {
-        "OCHO_JOB_ID": job_id or str(uuid.uuid4()),
-        "OCHO_ATTEMPT": str(attempt),
-        "HOME": str(job_dir),
-        "TMPDIR": str(job_dir),
-        "PYTHONUNBUFFERED": "1",
-    }
-    if emulator is not None:
-        env.update(OCHO_K8S_HOST=emulator.url, OCHO_K8S_TOKEN=emulator.token)
-    env.update(extra)
-    return env
-
-
-def run_tool_in(job_dir: Path, tool: str, *args: str, env: dict[str, str],
-                files: dict[str, str | bytes] | None = None, timeout: float = 60) -> ToolResult:
-    """Copy the tool (and files) into the job dir and run it there, as the worker does."""
-    shutil.copy(TOOLS / f"{tool}.py", job_dir / f"{tool}.py")
-    for name, content in (files or {}).items():
-        data = content.encode() if isinstance(content, str) else content
-        (job_dir / name).write_bytes(data)
-    completed = subprocess.run([sys.executable, f"{tool}.py", *args], cwd=job_dir, env=env,
-                               capture_output=True, text=True, timeout=timeout, check=False)
-    return ToolResult(completed.returncode, completed.stdout, completed.stderr)
-
-
-def definition_text(name: str) -> str:
-    return (DEFINITIONS / name).read_text()
-
-
 @pytest.fixture
 def run_tool(job_dir: Path, kube_emulator: KubeEmulator) -> Callable[..., ToolResult]:
     """run_tool("grep", "zoo*", job_id=..., files={...}): a tool against the emulator."""
@@ -95,14 +41,3 @@ def run_tool(job_dir: Path, kube_emulator: KubeEmulator) -> Callable[..., ToolRe
         return run_tool_in(job_dir, tool, *args, env=env, files=files)
 
     return run
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)

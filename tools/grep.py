@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""grep: the pods of Ochopod clusters, one aligned line each."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The tool runs from the job's directory, among the user's uploaded files: an
+# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse  # noqa: E402
+
+from ocho.kube import tool  # noqa: E402
+from ocho.kube.api import connect  # noqa: E402 - imports the client lazily
+from ocho.kube.clusters import select_pods  # noqa: E402
+from ocho.kube.config import ToolEnvironment  # noqa: E402
+from ocho.kube.output import age, emit_json, table  # noqa: E402
+
+PROG = "grep"
+DESCRIPTION = """\
+Show the pods of the matching clusters: cluster, pod, IP, phase, ready
+containers, restarts and age. Exits 1 if a pattern matches no pod.
+"""
+EPILOG = """\
+examples:
+  grep               every pod of every cluster
+  grep 'zoo*'        the pods of zookeeper-like clusters in any namespace
+  grep -j dev.kafka  JSON: {"ok": true, "pods": [...]}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = tool.make_parser(PROG, DESCRIPTION, EPILOG)
+    tool.add_cluster_patterns(parser, required=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return tool.run(lambda: grep(args), prog=PROG, json_output=args.json)
+
+
+def grep(args: argparse.Namespace) -> int:
+    api = connect(ToolEnvironment.from_environ(), args.k8s_namespace)
+    pods = select_pods(api, args.clusters)
+    if args.json:
+        emit_json({"ok": True, "k8s_namespace": api.namespace, "pods": [
+            {"cluster": pod.qualified, "pod": pod.name, "ip": pod.ip, "phase": pod.phase,
+             "ready": pod.ready, "containers": pod.containers, "restarts": pod.restarts,
+             "started": pod.started.isoformat() if pod.started else None,
+             "application": pod.application, "deleting": pod.deleting}
+            for pod in pods]})
+        return 0
+    if not pods:
+        print(f"no pods in Kubernetes namespace {api.namespace!r}")
+        return 0
+    rows = [(pod.qualified, pod.name, pod.ip or "-",
+             "Terminating" if pod.deleting else pod.phase, f"{pod.ready}/{pod.containers}",
+             pod.restarts, age(pod.started)) for pod in pods]
+    print(table(("CLUSTER", "POD", "IP", "PHASE", "READY", "RESTARTS", "AGE"), rows))
+    print(f"{len(pods)} pod(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
