@@ -17,6 +17,7 @@ import re
 import threading
 from datetime import datetime
 from http.server import ThreadingHTTPServer
+from json import dumps as json_dumps
 from typing import Any
 
 import requests
@@ -132,6 +133,15 @@ class KubeEmulator:
              **params: Any) -> requests.Response:
         return requests.post(self.url + path, json=body, params=params,
                              headers=self._headers(token), timeout=10)
+
+    def put(self, path: str, body: Any, token: str | None = None) -> requests.Response:
+        return requests.put(self.url + path, json=body, headers=self._headers(token), timeout=10)
+
+    def patch(self, path: str, body: Any, content_type: str = "application/merge-patch+json",
+              token: str | None = None) -> requests.Response:
+        return requests.patch(self.url + path, data=json_dumps(body),
+                              headers={**self._headers(token), "Content-Type": content_type},
+                              timeout=10)
 
     def delete(self, path: str, body: Any = None, token: str | None = None,
                **params: Any) -> requests.Response:
