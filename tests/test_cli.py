@@ -111,6 +111,19 @@ def test_a_file_in_a_subdirectory_is_uploaded_under_its_base_name(stack: Stack, 
     assert done.stdout == "cluster: zookeeper\nhello from notes\n"
 
 
+def test_deploy_takes_definitions_by_path_and_by_pattern(stack: Stack, cwd: Path):
+    for name in ("zookeeper.yml", "redis.yml"):
+        (cwd / "defs" / name).write_bytes((infra.ROOT / "definitions" / name).read_bytes())
+    one = ocho(stack, "deploy", "--dry-run", "defs/zookeeper.yml", "-p", "3", cwd=cwd)
+    assert one.returncode == 0, one.stderr
+    assert "ocho.io/cluster: zookeeper" in one.stdout and "replicas: 3" in one.stdout
+    # Quoted, the pattern is not expanded by the shell: ocho uploads what it matches.
+    both = ocho(stack, "deploy", "--dry-run", "defs/*.yml", cwd=cwd)
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.count("kind: ReplicationController") == 2
+    assert "ocho.io/cluster: redis" in both.stdout
+
+
 def test_output_arrives_while_the_job_runs(stack: Stack):
     process = start_ocho(stack, "-v", "sleep", "5")
     job_id = submitted_id(read_until(process.stderr, "submitted"))
