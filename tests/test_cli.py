@@ -201,6 +201,28 @@ def test_cancel_of_an_unknown_job_is_refused(stack: Stack):
     assert done.stderr.startswith("ocho: no job '3f1c0000-0000-4000-8000-000000000000'")
 
 
+def test_following_survives_a_gateway_restart_without_losing_or_repeating_output(
+        tmp_path: Path, fresh_amqp_url: str, tools_dir: Path):
+    restarted = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir)
+    try:
+        restarted.start_gateway()
+        restarted.start_worker()
+        process = start_ocho(restarted, "sleep", "4")
+        seen = read_until(process.stdout, "tick 1")
+        assert restarted.gateway is not None
+        restarted.gateway.send_signal(signal.SIGTERM)
+        restarted.gateway.wait(timeout=15)
+        restarted.start_gateway()  # same port, same store
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        lines = (seen + out.decode()).splitlines()
+        assert lines[0].startswith("pid=") and lines[-1] == "done"
+        assert lines[1:-1] == [f"tick {n}" for n in range(1, len(lines) - 1)]
+        assert "reconnecting" in err.decode()
+    finally:
+        restarted.stop()
+
+
 # -- the other commands -----------------------------------------------------------------------
 
 
