@@ -112,13 +112,16 @@ class Stack:
         except requests.RequestException:
             return False
 
-    def start_worker(self, concurrency: int = 2, **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, concurrency: int = 2, wait_ready: bool = True,
+                     **env: str) -> subprocess.Popen[bytes]:
         index = len(self.workers)
         worker_env = {**self.env, **env}
         proc = self._spawn([str(BIN / "ocho-worker"), "--concurrency", str(concurrency)],
                            f"worker{index}.log", env=worker_env)
         self.workers.append(proc)
         log = self.workdir / f"worker{index}.log"
+        if not wait_ready:
+            return proc
         wait_for(lambda: "consuming" in log.read_text(errors="replace") or proc.poll() is not None,
                  timeout=30, what="worker to start consuming")
         if proc.poll() is not None:
@@ -169,8 +172,13 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             left = max(1, int(deadline - time.monotonic()))
-            job = requests.get(f"{self.url}/jobs/{job_id}", params={"wait": min(left, 30)},
-                               timeout=left + 10).json()
+            response = requests.get(f"{self.url}/jobs/{job_id}",
+                                    params={"wait": min(left, 30)}, timeout=left + 10)
+            if response.status_code == 404 and time.monotonic() < deadline:
+                # Submitted straight over AMQP: the gateway learns of it from events.
+                time.sleep(0.1)
+                continue
+            job = response.json()
             if job["state"] not in ("queued", "running") or time.monotonic() > deadline:
                 return job
 
