@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import ServiceUnavailable
 
 from gateway.services import Services, services
 from gateway.store import Job, OutputSlice
@@ -27,6 +29,7 @@ MAX_WAIT_S = 60
 # same PostgreSQL may have recorded the change.
 RECHECK_S = 2.0
 SSE_KEEPALIVE_S = 15.0
+SSE_RETRY_MS = 2000
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 SSE_READ_LIMIT = 256 * 1024
 DEFAULT_PAGE = 50
@@ -90,9 +93,12 @@ def stream_events(job_id: str) -> Response:
                                  field="Last-Event-ID") from None
     else:
         offset = _int_arg("offset", 0, 0, None)
+    if not portal.waiting_slots.acquire(blocking=False):
+        raise ServiceUnavailable("too many event streams and long-polls are open on this "
+                                 "gateway; retry shortly or poll GET /jobs/<id>/output")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(_events(portal, job_id, offset), mimetype="text/event-stream",
-                    headers=headers)
+    return Response(_SlotHeld(_events(portal, job_id, offset), portal.waiting_slots),
+                    mimetype="text/event-stream", headers=headers)
 
 
 @blueprint.post("/jobs/<job_id>/cancel")
@@ -135,23 +141,49 @@ def _await(portal: Services, job_id: str, wait: float, done: Callable[[Job], boo
     job = portal.store.get_job(job_id)
     if wait <= 0 or done(job):
         return job
-    deadline = time.monotonic() + wait
-    with portal.notifier.watch(job_id) as watch:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or watch.closing:
-                return job
-            watch.wait(min(left, RECHECK_S))
-            job = portal.store.get_job(job_id)
-            if done(job):
-                return job
+    if not portal.waiting_slots.acquire(blocking=False):
+        return job  # busy: answer now rather than hold a thread; the client polls again
+    try:
+        deadline = time.monotonic() + wait
+        with portal.notifier.watch(job_id) as watch:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or watch.closing:
+                    return job
+                watch.wait(min(left, RECHECK_S))
+                job = portal.store.get_job(job_id)
+                if done(job):
+                    return job
+    finally:
+        portal.waiting_slots.release()
 
 
-def _events(portal: Services, job_id: str, offset: int) -> Iterator[str]:
+class _SlotHeld:
+    """An event stream that gives its waiting slot back when the server closes it,
+    even if it never started (a generator's `finally` would not run then)."""
+
+    def __init__(self, events: Generator[str, None, None], slot: threading.Semaphore) -> None:
+        self._events = events
+        self._slot: threading.Semaphore | None = slot
+
+    def __iter__(self) -> Iterator[str]:
+        return self._events
+
+    def close(self) -> None:
+        self._events.close()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+
+def _events(portal: Services, job_id: str, offset: int) -> Generator[str, None, None]:
     """Server-sent events: `output` per chunk as recorded, then `finished`; the event id
     is the byte offset after the chunk, so a reconnecting client resumes where it was."""
     position = offset
     attempt: int | None = None
+    # Sent at once so the client has the response headers (waitress sends them with
+    # the first bytes) and knows how soon to reconnect if the stream breaks.
+    yield f"retry: {SSE_RETRY_MS}\n\n"
     last_sent = time.monotonic()
     with portal.notifier.watch(job_id) as watch:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 from flask import Flask, current_app
 
@@ -27,6 +28,13 @@ class Services:
     publisher: Publisher
     recorder: Recorder
     catalog: ToolCatalog
+    # Long-polls and event streams each hold a server thread while they wait. This
+    # many may wait at once; the rest of the pool stays free for quick requests.
+    waiting_slots: threading.Semaphore = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        threads = self.settings.gateway_threads
+        self.waiting_slots = threading.BoundedSemaphore(max(1, threads - max(2, threads // 4)))
 
     def start(self) -> None:
         """Start the publisher's and the recorder's threads (each owns a connection)."""
