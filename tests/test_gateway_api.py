@@ -146,8 +146,16 @@ def job_state(gateway: str, job_id: str, wait: float = 0) -> dict[str, Any]:
 
 
 def wait_state(gateway: str, job_id: str, state: str) -> dict[str, Any]:
-    return infra.wait_for(lambda: (job := job_state(gateway, job_id))["state"] == state and job,
-                          timeout=10, what=f"job {job_id} to be {state}")
+    """Wait for a state; a job only the broker knew about yet may still be a 404."""
+    def reached() -> dict[str, Any] | None:
+        response = requests.get(f"{gateway}/jobs/{job_id}", timeout=10)
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        job = response.json()
+        return job if job["state"] == state else None
+
+    return infra.wait_for(reached, timeout=10, what=f"job {job_id} to be {state}")
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -388,6 +396,9 @@ def test_server_sent_events_stream_output_then_finished(gateway: str, channel: A
                 name, _, value = line.partition(": ")
                 fields[name] = value
                 continue
+            if "event" not in fields:  # `retry:` and keep-alive comments
+                fields = {}
+                continue
             events.append((fields["event"], fields["id"], json.loads(fields["data"])))
             fields = {}
             if events[-1][0] == "output" and len(events) == 1:
@@ -608,19 +619,62 @@ def test_tokens_protect_everything_but_healthz(tmp_path: Path, amqp_url: str) ->
 # -- the real process ---------------------------------------------------------------------------
 
 
-def test_ocho_gateway_serves_and_stops_on_sigterm(tmp_path: Path, amqp_url: str) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_ocho_gateway_serves_and_stops_on_sigterm(tmp_path: Path, fresh_amqp_url: str,
+                                                  database: str,
+                                                  request: pytest.FixtureRequest) -> None:
+    # A vhost of its own: the module's in-process gateway would compete for the events.
     tools = tmp_path / "tools"
     tools.mkdir()
     (tools / "hello.py").write_text(TOOL_SOURCE)
-    stack = infra.Stack(tmp_path, amqp_url, tools_dir=tools)
+    database_url = request.getfixturevalue("pg_url") if database == "postgresql" else None
+    stack = infra.Stack(tmp_path, fresh_amqp_url, database_url, tools_dir=tools)
+    connection = pika.BlockingConnection(pika.URLParameters(fresh_amqp_url))
     try:
         stack.start_gateway()
+        chan = connection.channel()
+        chan.confirm_delivery()
         job = stack.submit("hello", ["x"])
         assert job["state"] == "queued"
+        take_request(chan, job["id"])
+        emit(chan, started(job["id"]))
+        emit(chan, output(job["id"], 0, "hi\n"))
+        emit(chan, finished(job["id"]))
+        assert stack.wait(job["id"], timeout=10)["state"] == "succeeded"
+        assert stack.output(job["id"])["data"] == "hi\n"
     finally:
+        connection.close()
         stack.stop()
     assert stack.gateway is not None and stack.gateway.returncode == 0, stack.logs()
     log = stack.read_log("gateway.log")
     assert "loopback only" in log
     assert f"job {job['id']} submitted" in log
+    assert f"job {job['id']} succeeded" in log
     assert "received SIGTERM" in log and "stopped" in log
+
+
+
+def test_waiting_requests_never_take_every_server_thread(gateway: str, channel: Any) -> None:
+    job = submit(gateway)
+    emit(channel, started(job["id"]))
+    wait_state(gateway, job["id"], "running")
+    streams = []
+    try:
+        # 8 threads: 6 may wait (long-poll or stream), 2 stay free for quick requests.
+        for _ in range(6):
+            stream = requests.get(f"{gateway}/jobs/{job['id']}/events", stream=True, timeout=30)
+            assert stream.status_code == 200
+            streams.append(stream)
+        refused = requests.get(f"{gateway}/jobs/{job['id']}/events", timeout=10)
+        assert refused.status_code == 503
+        assert "too many" in refused.json()["error"]
+        began = time.monotonic()
+        assert job_state(gateway, job["id"], wait=30)["state"] == "running"
+        assert time.monotonic() - began < 5  # answered at once instead of holding a thread
+        assert requests.get(f"{gateway}/healthz", timeout=10).status_code == 200
+    finally:
+        emit(channel, finished(job["id"]))  # every stream ends and gives its slot back
+        for stream in streams:
+            stream.close()
+    infra.wait_for(lambda: requests.get(f"{gateway}/jobs/{job['id']}/events",
+                                        timeout=10).status_code == 200, what="slots back")
