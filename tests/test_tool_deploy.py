@@ -253,3 +253,34 @@ def test_uploaded_files_never_shadow_modules(job_dir: Path) -> None:
                          env=tool_env(job_dir))
     assert result.code == 0, result.output
     assert "hijacked" not in result.output
+
+
+def test_wait_watches_until_every_pod_is_ready(kube_emulator: KubeEmulator, run_tool,
+                                               job_dir: Path) -> None:
+    files = {"zookeeper.yml": definition_text("zookeeper.yml"),
+             "redis.yml": definition_text("redis.yml")}
+    kube_emulator.hold_images("redis:7.2")
+    result = run_tool("deploy", "zookeeper.yml", "redis.yml", "-p", "2", "--wait", "1",
+                      files=files)
+    assert result.code == 1
+    assert "zookeeper.yml: deployed default.zookeeper" in result.out and "2 ready" in result.out
+    (line,) = result.err.strip().splitlines()
+    assert "redis.yml:" in line and "only 0/2 pod(s) running and ready after 1s" in line
+    assert "50% success / spawned 4 pod(s)" in result.out
+
+    # A deploy that waits returns once the pods come up, not at its deadline.
+    env = tool_env(job_dir, kube_emulator)
+    process = subprocess.Popen([sys.executable, "deploy.py", "redis.yml", "-n", "other",
+                                "--wait", "30"], cwd=job_dir, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(kube_emulator.pods(selector="ocho.io/namespace=other")) == 1,
+             what="the pending pod")
+    time.sleep(0.3)
+    assert process.poll() is None  # still waiting
+    started = time.monotonic()
+    kube_emulator.release_images("redis:7.2")
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, out + err
+    assert time.monotonic() - started < 5
+    assert "(1 pod(s), 1 ready)" in out
+    assert any("watch=true" in line for line in kube_emulator.requests)  # no polling

@@ -32,6 +32,7 @@ from ocho.kube.errors import KubeError  # noqa: E402
 from ocho.kube.manifest import build_controller  # noqa: E402
 from ocho.kube.names import DNS1123_LABEL_RULE, is_dns1123_label  # noqa: E402
 from ocho.kube.output import emit_json  # noqa: E402
+from ocho.kube.rollout import wait_until_ready  # noqa: E402
 
 PROG = "deploy"
 DESCRIPTION = """\
@@ -57,7 +58,8 @@ checked; a top-level key with a dot is a <namespace>.<cluster> pattern whose val
 applies only to matching clusters, e.g. `dev.web-server: {pods: 2}`.
 
 A job that runs again (same $OCHO_JOB_ID) finds the controllers it created by
-their labels and creates no second one.
+their labels and creates no second one. With --wait, deploy watches the pods
+and succeeds only once every controller has all its pods running and ready.
 
 examples:
   deploy zookeeper.yml -p 3
@@ -70,14 +72,20 @@ examples:
 class Outcome:
     source: str
     cluster: str
-    state: str  # created | exists | failed | skipped
+    state: str  # created | exists | not ready (--wait) | failed | skipped
     controller: str | None = None
     pods: int = 0
+    ready: int | None = None  # with --wait: pods running and ready in time
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.state in ("created", "exists")
+
+    @property
+    def spawned(self) -> int:
+        """Pods its controller runs (also when they were not ready in time)."""
+        return self.pods if self.controller else 0
 
 
 def pod_count(value: str) -> int:
@@ -96,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ochopod namespace of the clusters (default: default)")
     parser.add_argument("-o", "--overrides", metavar="OVERRIDES.yml",
                         help="YAML merged into every definition (see below)")
+    parser.add_argument("--wait", type=int, default=0, metavar="SECONDS",
+                        help="then wait up to SECONDS for every pod to be running and ready; "
+                             "exit 1 if some are not (default: 0, do not wait)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the manifests as YAML and contact nothing")
     return parser
@@ -146,7 +157,24 @@ def deploy(args: argparse.Namespace) -> int:
                                     error=str(exc)))
             if exc.fatal:
                 fatal = exc
+    if args.wait > 0:
+        wait_for_pods(api, outcomes, args.wait, args.namespace)
     return report(outcomes, args, api.namespace)
+
+
+def wait_for_pods(api: KubeApi, outcomes: list[Outcome], seconds: int, namespace: str) -> None:
+    """Record how many pods of each deployed controller became ready in time."""
+    wanted = {outcome.controller: outcome.pods for outcome in outcomes
+              if outcome.ok and outcome.controller}
+    ready = wait_until_ready(api, wanted, seconds)
+    for outcome in outcomes:
+        if outcome.ok and outcome.controller:
+            outcome.ready = ready.get(outcome.controller, 0)
+            if outcome.ready < outcome.pods:
+                outcome.state = "not ready"
+                outcome.error = (f"{namespace}.{outcome.cluster} ({outcome.controller}): only "
+                                 f"{outcome.ready}/{outcome.pods} pod(s) running and ready "
+                                 f"after {seconds}s")
 
 
 def deploy_one(api: KubeApi, definition: Definition, manifest: dict[str, Any], namespace: str,
@@ -193,7 +221,7 @@ def report_invalid(problems: list[str], args: argparse.Namespace) -> int:
 def report(outcomes: list[Outcome], args: argparse.Namespace, k8s_namespace: str) -> int:
     succeeded = sum(1 for outcome in outcomes if outcome.ok)
     percent = 100 * succeeded // len(outcomes) if outcomes else 0
-    pods = sum(outcome.pods for outcome in outcomes if outcome.ok)
+    pods = sum(outcome.spawned for outcome in outcomes)
     ok = succeeded == len(outcomes)
     if args.json:
         emit_json({"ok": ok, "success": percent, "pods": pods, "k8s_namespace": k8s_namespace,
@@ -201,12 +229,13 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, k8s_namespace: str
         return 0 if ok else tool.EXIT_FAILED
     for outcome in outcomes:
         qualified = f"{args.namespace}.{outcome.cluster}"
+        ready = f", {outcome.ready} ready" if outcome.ready is not None else ""
         if outcome.state == "created":
             print(f"{outcome.source}: deployed {qualified} as {outcome.controller} "
-                  f"({outcome.pods} pod(s))")
+                  f"({outcome.pods} pod(s){ready})")
         elif outcome.state == "exists":
             print(f"{outcome.source}: {qualified} was already deployed by this job as "
-                  f"{outcome.controller} ({outcome.pods} pod(s)); nothing new created")
+                  f"{outcome.controller} ({outcome.pods} pod(s){ready}); nothing new created")
         else:
             print(f"{PROG}: {outcome.source}: {outcome.error}", file=sys.stderr)
     print(f"{percent}% success / spawned {pods} pod(s)")

@@ -35,16 +35,18 @@ class PodLogs:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._lines: dict[tuple[str, str], list[tuple[datetime, str]]] = {}
+        # (time, sequence, line): lines written in the same instant keep their order
+        self._lines: dict[tuple[str, str], list[tuple[datetime, int, str]]] = {}
+        self._sequence = itertools.count()
 
     def append(self, namespace: str, pod: str, line: str, at: datetime | None = None) -> None:
         with self._lock:
             entries = self._lines.setdefault((namespace, pod), [])
-            bisect.insort(entries, (at or datetime.now(UTC), line))
+            bisect.insort(entries, (at or datetime.now(UTC), next(self._sequence), line))
 
     def read(self, namespace: str, pod: str) -> list[tuple[datetime, str]]:
         with self._lock:
-            return list(self._lines.get((namespace, pod), []))
+            return [(at, line) for at, _, line in self._lines.get((namespace, pod), [])]
 
     def drop(self, namespace: str, pod: str) -> None:
         with self._lock:
@@ -66,6 +68,8 @@ class ControlPlane(threading.Thread):
         self._stopping = threading.Event()
         self._ips = itertools.count(2)
         self._random = random.Random()
+        # Pods of these images stay Pending (as if still pulling) until released.
+        self.held_images: set[str] = set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -92,6 +96,7 @@ class ControlPlane(threading.Thread):
             for rc in self.store.list("replicationcontrollers"):
                 if not rc["metadata"].get("deletionTimestamp"):
                     self._sync(rc)
+            self._run_released_pods()
 
     # -- garbage collection ---------------------------------------------------------------
     def _owned_pods(self, rc: Object) -> list[Object]:
@@ -188,11 +193,9 @@ class ControlPlane(threading.Thread):
             if self.store.get("pods", namespace, name) is None:
                 break
         index = next(self._ips)
-        started = now_rfc3339()
         pod_spec = dict(template.get("spec") or {})
         pod_spec.setdefault("restartPolicy", "Always")
         pod_spec["nodeName"] = NODE_NAME
-        containers = pod_spec.get("containers") or []
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -203,30 +206,49 @@ class ControlPlane(threading.Thread):
                 "ownerReferences": [self._owner_reference(rc)],
             },
             "spec": pod_spec,
-            "status": {
-                "phase": "Running",
-                "hostIP": "192.0.2.10",
-                "podIP": f"10.244.{index // 250}.{index % 250 + 1}",
-                "startTime": started,
-                "conditions": [{"type": kind, "status": "True", "lastTransitionTime": started}
-                               for kind in ("Initialized", "Ready", "ContainersReady",
-                                            "PodScheduled")],
-                "containerStatuses": [{
-                    "name": container["name"],
-                    "image": container.get("image", ""),
-                    "imageID": f"docker-pullable://{container.get('image', '')}",
-                    "containerID": "containerd://" + "".join(
-                        self._random.choice(string.hexdigits.lower()) for _ in range(64)),
-                    "ready": True,
-                    "started": True,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": started}},
-                } for container in containers],
-            },
+            "status": {"phase": "Pending", "hostIP": "192.0.2.10",
+                       "podIP": f"10.244.{index // 250}.{index % 250 + 1}"},
         }
+        if not self._held(pod):
+            pod["status"] = self._running_status(pod)
         created = self.store.create("pods", namespace, pod)
-        self._boot_log(created)
+        if created["status"]["phase"] == "Running":
+            self._boot_log(created)
         return created
+
+    def _held(self, pod: Object) -> bool:
+        return any(container.get("image") in self.held_images
+                   for container in pod["spec"].get("containers") or [])
+
+    def _running_status(self, pod: Object) -> dict[str, Any]:
+        started = now_rfc3339()
+        return {
+            "phase": "Running",
+            "hostIP": pod["status"]["hostIP"],
+            "podIP": pod["status"]["podIP"],
+            "startTime": started,
+            "conditions": [{"type": kind, "status": "True", "lastTransitionTime": started}
+                           for kind in ("Initialized", "Ready", "ContainersReady",
+                                        "PodScheduled")],
+            "containerStatuses": [{
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "imageID": f"docker-pullable://{container.get('image', '')}",
+                "containerID": "containerd://" + "".join(
+                    self._random.choice(string.hexdigits.lower()) for _ in range(64)),
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": started}},
+            } for container in pod["spec"].get("containers") or []],
+        }
+
+    def _run_released_pods(self) -> None:
+        for pod in self.store.list("pods"):
+            if pod["status"].get("phase") == "Pending" and not self._held(pod):
+                pod["status"] = self._running_status(pod)
+                self.store.update("pods", pod["metadata"]["namespace"], pod)
+                self._boot_log(pod)
 
     def _boot_log(self, pod: Object) -> None:
         """What an Ochopod container prints when it starts: enough for log tests."""

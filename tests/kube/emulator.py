@@ -114,6 +114,16 @@ class KubeEmulator:
                     fault.times -= 1
                     raise fault.error
 
+    def hold_images(self, *images: str) -> None:
+        """Pods of these images stay Pending, not ready, until released."""
+        with self.store.changed:
+            self.control_plane.held_images.update(images)
+
+    def release_images(self, *images: str) -> None:
+        with self.store.changed:
+            self.control_plane.held_images.difference_update(images)
+            self.store.changed.notify_all()
+
     def append_log(self, namespace: str, pod: str, line: str, at: datetime | None = None) -> None:
         self.logs.append(namespace, pod, line, at)
 
