@@ -21,12 +21,15 @@ from ocho.kube.clusters import Controller, select_controllers  # noqa: E402
 from ocho.kube.config import ToolEnvironment  # noqa: E402
 from ocho.kube.errors import KubeError  # noqa: E402
 from ocho.kube.output import emit_json  # noqa: E402
-from ocho.kube.scaling import FACTOR_HELP, ScaleFactor, spread  # noqa: E402
+from ocho.kube.scaling import ScaleFactor, spread  # noqa: E402
 
 PROG = "scale"
-DESCRIPTION = f"""\
+DESCRIPTION = """\
 Set how many pods each matching cluster runs, through the scale subresource of
-its ReplicationControllers. -f FACTOR: {FACTOR_HELP}.
+its ReplicationControllers. -f FACTOR is one of:
+  @N   exactly N pods
+  xF   F times as many, rounded to the nearest pod (x0.5 halves, x2 doubles)
+  +N   N more;   -N   N fewer (never below 0)
 
 The count is the cluster's total over its controllers (one per deploy): growth
 goes to the newest controller, shrinking takes pods from the oldest first.
