@@ -23,6 +23,11 @@ DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
 BROKER_CONSUMER_TIMEOUT_S = 1800
 
 
+# Variables that keep the names Kubernetes gives them: in a pod, the
+# service host and port are how the tools find the API in-cluster.
+UNPREFIXED_VARIABLES = {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -54,6 +59,8 @@ class Settings:
     k8s_namespace: str = ""
     k8s_insecure: bool = False
     kubeconfig: str = ""
+    kubernetes_service_host: str = ""
+    kubernetes_service_port: str = ""
     log_level: str = "INFO"
 
     @classmethod
@@ -62,7 +69,9 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):
-            name = "KUBECONFIG" if field.name == "kubeconfig" else f"OCHO_{field.name.upper()}"
+            name = field.name.upper()
+            if name not in UNPREFIXED_VARIABLES:
+                name = f"OCHO_{name}"
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
@@ -106,6 +115,8 @@ class Settings:
             "OCHO_K8S_NAMESPACE": self.k8s_namespace,
             "OCHO_K8S_INSECURE": "1" if self.k8s_insecure else "",
             "KUBECONFIG": self.kubeconfig,
+            "KUBERNETES_SERVICE_HOST": self.kubernetes_service_host,
+            "KUBERNETES_SERVICE_PORT": self.kubernetes_service_port,
         }
         return {k: v for k, v in env.items() if v}
 

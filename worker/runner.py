@@ -207,7 +207,9 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
     sink = OutputSink(emit, settings.output_cap, settings.output_flush_ms / 1000)
     try:
         proc = subprocess.Popen(
-            [sys.executable, script_name, *job.args],
+            # -P: the job's directory holds the user's uploads; an uploaded
+            # yaml.py must never be imported by the tool as code.
+            [sys.executable, "-P", script_name, *job.args],
             cwd=workdir,
             env=tool_environment(settings, job, workdir),
             stdin=subprocess.DEVNULL,
