@@ -376,6 +376,20 @@ def test_output_long_poll_wakes_on_new_output(gateway: str, channel: Any) -> Non
     assert tail["data"] == "late\n"
 
 
+def read_sse(response: requests.Response) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(event, id, data) of each event of a text/event-stream response."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines(decode_unicode=True):
+        if line:
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        elif "event" in fields:  # not a `retry:` hint or a keep-alive comment
+            yield fields["event"], fields["id"], json.loads(fields["data"])
+            fields = {}
+        else:
+            fields = {}
+
+
 def test_server_sent_events_stream_output_then_finished(gateway: str, channel: Any) -> None:
     job = submit(gateway)
     job_id = job["id"]
@@ -390,17 +404,8 @@ def test_server_sent_events_stream_output_then_finished(gateway: str, channel: A
     with requests.get(f"{gateway}/jobs/{job_id}/events", stream=True, timeout=30) as response:
         assert response.status_code == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        for line in response.iter_lines(decode_unicode=True):
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-                continue
-            if "event" not in fields:  # `retry:` and keep-alive comments
-                fields = {}
-                continue
-            events.append((fields["event"], fields["id"], json.loads(fields["data"])))
-            fields = {}
+        for event in read_sse(response):
+            events.append(event)
             if events[-1][0] == "output" and len(events) == 1:
                 threading.Timer(0.2, later).start()  # after the stream is open
     assert events[0] == ("output", "4", {"offset": 0, "stream": "stdout", "data": "one\n"})
@@ -414,6 +419,26 @@ def test_server_sent_events_stream_output_then_finished(gateway: str, channel: A
                            timeout=10).text
     assert '"data": "two\\n"' in resumed and '"data": "one\\n"' not in resumed
     assert "event: finished" in resumed
+
+
+def test_an_event_stream_starts_over_when_a_redelivery_replaces_the_output(
+        gateway: str, channel: Any) -> None:
+    job_id = submit(gateway)["id"]
+    emit(channel, started(job_id))
+    emit(channel, output(job_id, 0, "first try\n"))
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+    with requests.get(f"{gateway}/jobs/{job_id}/events", stream=True, timeout=30) as response:
+        for event in read_sse(response):
+            seen.append(event)
+            if len(seen) == 1:  # a worker died; the broker redelivered the request
+                emit(channel, started(job_id, attempt=2))
+                emit(channel, {**output(job_id, 0, "second\n"), "attempt": 2})
+                emit(channel, {**finished(job_id), "attempt": 2})
+    assert [(name, event_id) for name, event_id, _data in seen] == [
+        ("output", "10"), ("attempt", "0"), ("output", "7"), ("finished", "7")]
+    assert seen[1][2] == {"attempt": 2}
+    assert seen[2][2]["data"] == "second\n"
+    assert (seen[3][2]["state"], seen[3][2]["attempt"]) == ("succeeded", 2)
 
 
 def test_a_job_submitted_straight_over_amqp_appears(gateway: str, channel: Any) -> None:
