@@ -657,7 +657,9 @@ def follow_job(gateway: Gateway, job_id: str, terminal: Terminal) -> int:
                 gateway.cancel(job_id)
             except CliError as exc:
                 if exc.exit_code != EXIT_REFUSED:  # refused: it ended meanwhile
-                    raise
+                    raise CliError(f"job {job_id} was not cancelled: {exc}; it keeps "
+                                   f"running — try again: ocho cancel {job_id}",
+                                   exc.exit_code) from None
             terminal.note(f"cancelling job {job_id}…")
             # Keep following: the tool's last words and the final state still come.
 

@@ -223,6 +223,25 @@ def test_following_survives_a_gateway_restart_without_losing_or_repeating_output
         restarted.stop()
 
 
+def test_a_job_no_worker_takes_is_pointed_out_and_can_be_cancelled(tmp_path: Path,
+                                                                   fresh_amqp_url: str,
+                                                                   tools_dir: Path):
+    no_workers = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir)
+    try:
+        no_workers.start_gateway()
+        process = start_ocho(no_workers, "-v", "exit", "0")
+        job_id = submitted_id(read_until(process.stderr, "submitted"))
+        assert "(is ocho-worker running?)" in read_until(process.stderr, "running?)")
+        process.send_signal(signal.SIGINT)
+        read_until(process.stderr, "[y/N]")
+        _, err = process.communicate(b"y\n", timeout=20)
+        assert process.returncode == 130, err.decode()
+        assert f"job {job_id} cancelled" in err.decode()
+        assert job_state(no_workers, job_id) == "cancelled"
+    finally:
+        no_workers.stop()
+
+
 # -- the other commands -----------------------------------------------------------------------
 
 
