@@ -226,7 +226,9 @@ class Gateway:
         if status >= 500:
             retry = " — try again shortly" if status == 503 else ""
             return unavailable(f"the gateway at {self.url} failed ({status}): {message}{retry}")
-        return refused(message)
+        # The gateway speaks HTTP to everyone; an ocho user has a command for that.
+        return refused(message.replace("GET /jobs lists the known jobs",
+                                       "`ocho jobs` lists the recent ones"))
 
     def unreachable(self, exc: BaseException) -> CliError:
         import socket

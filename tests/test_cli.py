@@ -198,7 +198,8 @@ def test_ctrl_c_then_no_detaches_and_the_job_can_be_reattached_and_cancelled(sta
 def test_cancel_of_an_unknown_job_is_refused(stack: Stack):
     done = ocho(stack, "cancel", "3f1c0000-0000-4000-8000-000000000000")
     assert done.returncode == 125
-    assert done.stderr.startswith("ocho: no job '3f1c0000-0000-4000-8000-000000000000'")
+    assert done.stderr == ("ocho: no job '3f1c0000-0000-4000-8000-000000000000'; "
+                           "`ocho jobs` lists the recent ones\n")
 
 
 def test_following_survives_a_gateway_restart_without_losing_or_repeating_output(
