@@ -107,8 +107,11 @@ class Stack:
     def _ready(self) -> bool:
         if self.gateway is not None and self.gateway.poll() is not None:
             raise AssertionError(f"gateway exited: {self.read_log('gateway.log')}")
+        tokens = self.env.get("OCHO_TOKENS", "")
+        headers = {"Authorization": f"Bearer {tokens.split(',')[0]}"} if tokens else {}
         try:
-            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            return requests.get(f"{self.url}/readyz", headers=headers,
+                                timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
