@@ -1,0 +1,71 @@
+"""The physical floor: the job body with no queue, in as many threads as the workers
+have slots in all.
+
+Two bodies are measured:
+- `raw-popen`: bench/jobbody.py — mkdtemp, copy the tool, Popen (-P, the worker's
+  allow-listed environment, a session of its own), communicate(), rmtree. The floor.
+- `raw-runner`: worker.runner.run with an emit that only counts — the worker's own
+  code path (selector loop, output batching, rlimits, process-group kill), without
+  AMQP. The gap between the two is the runner's own cost.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from common import PROJECT_PYTHON, TEN_MB, TOOLS_DIR, CpuMeter, latency, mb_per_s, throughput
+from common import windowed as run_windowed
+from jobbody import run_job
+
+
+def _popen_body(tool: str, args: tuple[str, ...] = ()) -> int:
+    code, out, _err, _secs = run_job(str(PROJECT_PYTHON), str(TOOLS_DIR), tool, args)
+    if code != 0:
+        raise RuntimeError(f"{tool} exited {code}")
+    return len(out)
+
+
+def _runner_body(tool: str, args: tuple[str, ...] = ()) -> int:
+    from ocho.settings import Settings
+    from worker import runner
+
+    settings = Settings(tools_dir=TOOLS_DIR, output_cap=16 * 1024 * 1024)
+    kept = 0
+
+    def emit(_stream: str, _offset: int, data: str) -> None:
+        nonlocal kept
+        kept += len(data)
+
+    outcome = runner.run(settings, runner.Job(str(uuid.uuid4()), tool, list(args), {}, 60), emit)
+    if outcome.state != "succeeded":
+        raise RuntimeError(f"{tool}: {outcome}")
+    return kept
+
+
+def measure(cfg: Any, variant: str) -> dict[str, Any]:
+    body = _popen_body if variant == "popen" else _runner_body
+    record: dict[str, Any] = {"system": f"raw-{variant}", "slots": cfg.slots}
+    with ThreadPoolExecutor(cfg.slots) as pool:
+        def once() -> float:
+            return run_windowed(lambda: pool.submit(body, "noop"), lambda f: f.result(),
+                                cfg.jobs, cfg.window)
+
+        once()  # warm the pool, the page cache and the interpreter's .pyc files
+        meter = CpuMeter({})
+        meter.start()
+        noop = throughput(once, cfg.jobs, cfg.rounds)
+        noop["cpu_ms_per_job"] = meter.per_job_ms(cfg.jobs * cfg.rounds)
+    noop.update(latency(lambda: body("noop"), cfg.seq))
+    record["noop"] = noop
+    seconds = []
+    for _ in range(cfg.big_runs):
+        started = time.perf_counter()
+        size = body("print10mb")
+        seconds.append(time.perf_counter() - started)
+        if size != TEN_MB:
+            raise RuntimeError(f"print10mb gave {size} bytes")
+    record["print10mb"] = mb_per_s(seconds)
+    return record
