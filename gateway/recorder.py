@@ -175,6 +175,9 @@ class Recorder:
         items = [item for item in (self._decode(d) for d in batch) if item is not None]
         if not items:
             return set()
+        # Lock job rows in one order (a stable sort keeps each job's events in order),
+        # so that gateways sharing a PostgreSQL never deadlock on each other's batches.
+        items.sort(key=_job_id)
         try:
             with self.store.transaction() as tx:
                 return {job_id for item in items if (job_id := self._apply_one(tx, item))}
