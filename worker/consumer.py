@@ -227,7 +227,8 @@ class Worker:
         try:
             job = self._parse(delivery, body)
         except InvalidRequest as exc:
-            self._reject(delivery, _job_id_of(delivery, body), str(exc))
+            job_id, tool = _identify(delivery, body)
+            self._reject(delivery, job_id, str(exc), tool)
             return
         with self._lock:
             cancelled = job.id in self._cancelled
@@ -360,21 +361,24 @@ def _finished_event(job_id: str, tool: str | None, attempt: int,
             "reason": outcome.reason, "ts": time.time()}
 
 
-def _job_id_of(delivery: Delivery, body: bytes) -> str | None:
-    """The job id of a request too broken to parse, if it can be told at all."""
+def _identify(delivery: Delivery, body: bytes) -> tuple[str | None, str | None]:
+    """The job id and tool of a request too broken to run, as far as they can be told."""
     candidates = [delivery.properties.message_id]
+    tool = None
     try:
         parsed = json.loads(body)
         if isinstance(parsed, dict):
             candidates.insert(0, parsed.get("id"))
+            if isinstance(parsed.get("tool"), str) and message.TOOL_NAME.match(parsed["tool"]):
+                tool = parsed["tool"]
     except (ValueError, UnicodeDecodeError):
         pass
     for candidate in candidates:
         try:
-            return str(uuid.UUID(str(candidate)))
+            return str(uuid.UUID(str(candidate))), tool
         except ValueError:
             continue
-    return None
+    return None, tool
 
 
 def _describe(exc: BaseException) -> str:
