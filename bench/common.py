@@ -124,14 +124,16 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
 
 
 def broker_pid() -> int | None:
+    """RabbitMQ's Erlang VM: the largest beam.smp (rabbitmqctl runs a small one too)."""
+    found: list[tuple[int, int]] = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "beam.smp":
-                    return int(entry.name)
+                    found.append((_status_kib(int(entry.name), "VmRSS"), int(entry.name)))
             except OSError:
                 continue
-    return None
+    return max(found)[1] if found else None
 
 
 class CpuMeter:

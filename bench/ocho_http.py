@@ -1,14 +1,16 @@
-"""ocho over HTTP: POST /jobs, then GET /jobs/<id>?wait=… on a keep-alive session —
+"""ocho over HTTP: POST /jobs, then GET /jobs/<id>?wait=… on a kept-alive connection —
 what a CI pipeline does; and a 10 MB output read back with GET /jobs/<id>/output."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import requests
 from common import TEN_MB, CpuMeter, latency, mb_per_s, throughput
 from ocho_stack import OchoStack
 
@@ -16,33 +18,50 @@ WAIT_S = 30
 
 
 class HttpClient:
-    """One requests.Session per thread (a Session is not meant to be shared)."""
+    """Keep-alive HTTP/1.1, one connection per thread, with the standard library's
+    http.client: requests costs the benchmark's own process ~7 ms of CPU per job,
+    which on this 2-core machine is taken from the gateway and the tools."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self._local = threading.local()
 
-    @property
-    def session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              timeout: float = 30) -> tuple[int, dict[str, Any]]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port,
+                                                                     timeout=timeout)
+            try:
+                conn.timeout = timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+                conn.request(method, path, body=data, headers=headers)
+                response = conn.getresponse()
+                return response.status, json.loads(response.read())
+            except (http.client.HTTPException, ConnectionError):
+                conn.close()  # the server closed a kept-alive connection: once more
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def submit(self, tool: str, args: list[str] | None = None) -> str:
-        response = self.session.post(f"{self.url}/jobs", json={"tool": tool, "args": args or []},
-                                     timeout=30)
-        if response.status_code != 202:
-            raise RuntimeError(f"POST /jobs: {response.status_code} {response.text}")
-        return str(response.json()["id"])
+        status, job = self._call("POST", "/jobs", {"tool": tool, "args": args or []})
+        if status != 202:
+            raise RuntimeError(f"POST /jobs: {status} {job}")
+        return str(job["id"])
 
     def wait(self, job_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            job = self.session.get(f"{self.url}/jobs/{job_id}", params={"wait": WAIT_S},
-                                   timeout=WAIT_S + 10).json()
+            _, job = self._call("GET", f"/jobs/{job_id}?wait={WAIT_S}", timeout=WAIT_S + 10)
             if job["state"] not in ("queued", "running"):
-                return job  # type: ignore[no-any-return]
+                return job
         raise RuntimeError(f"job {job_id} did not end in 120 s")
 
     def run(self, tool: str) -> None:
@@ -56,10 +75,9 @@ class HttpClient:
         offset, total = 0, 0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            out = self.session.get(f"{self.url}/jobs/{job_id}/output",
-                                   params={"offset": offset, "wait": WAIT_S,
-                                           "limit": 16 * 1024 * 1024},
-                                   timeout=WAIT_S + 10).json()
+            # Pages of the gateway's default size (1 MiB), as a tailing client reads.
+            _, out = self._call("GET", f"/jobs/{job_id}/output?offset={offset}&wait={WAIT_S}",
+                                timeout=WAIT_S + 10)
             total += len(out["data"])
             offset = out["next_offset"]
             if out["finished"]:
@@ -91,16 +109,18 @@ def measure(cfg: Any) -> dict[str, Any]:
         record["noop"] = noop
         record["worker_memory_after"] = stack.worker_memory()
         gateway_before = stack.gateway_memory()
-        seconds = []
+        seconds, rss_after_each = [], []
         for _ in range(cfg.big_runs):
             started = time.perf_counter()
             size = client.read_all_output(client.submit("print10mb"))
             seconds.append(time.perf_counter() - started)
+            rss_after_each.append(stack.gateway_memory()["rss_mb"])
             if size != TEN_MB:
                 raise RuntimeError(f"print10mb: read {size} bytes back")
         big = mb_per_s(seconds)
         big["gateway_memory_before"] = gateway_before
         big["gateway_memory_after"] = stack.gateway_memory()
+        big["gateway_rss_mb_after_each"] = rss_after_each
         record["print10mb"] = big
     finally:
         stack.stop()

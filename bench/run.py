@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, help="sequential jobs for latency (100; quick: 30)")
     parser.add_argument("--rounds", type=int, help="throughput rounds, median kept (3; quick: 1)")
     parser.add_argument("--big-runs", type=int, help="10 MB jobs, median kept (3; quick: 1)")
-    parser.add_argument("--http-threads", type=int, default=16,
-                        help="HTTP client threads, each with one job in flight (16)")
+    parser.add_argument("--http-threads", type=int, default=12,
+                        help="HTTP client threads, each with one job in flight (12: the "
+                        "long-poll slots of a gateway with its default 16 threads)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2, help="job slots per worker")
     parser.add_argument("--celery-pool", default="prefork", choices=("prefork", "threads"))
