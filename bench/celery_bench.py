@@ -113,7 +113,10 @@ def main() -> int:
     cfg.slots = cfg.workers * cfg.concurrency
     from common import dump
 
-    print(dump(measure(cfg)), flush=True)
+    try:
+        print(dump(measure(cfg)), flush=True)
+    except KeyboardInterrupt:
+        return 130  # measure() has stopped its workers and deleted its vhost
     return 0
 
 

@@ -214,13 +214,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.rounds} round(s), {cfg.window} in flight ({cfg.http_threads} HTTP threads); "
           f"{cfg.seq} sequential; {cfg.big_runs} × 10 MB; OCHO_OUTPUT_CAP=16777216",
           file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"# warning: load average {load:.1f} before the run: other work shares these "
+              f"{os.cpu_count()} cores and moves the figures", file=sys.stderr, flush=True)
     records: dict[str, dict[str, Any]] = {}
     try:
         for system in SYSTEMS:
             if system not in cfg.only:
                 continue
             print(f"# {system} …", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
             record = measure(system, cfg)
+            # Anything else running takes CPU from the tools and the portal alike,
+            # but not in the same proportion: ratios from a busy machine mislead.
+            record["loadavg_1m_before"] = round(load, 2)
             compare(record, records.get(FLOOR))
             records[system] = record
             print(json.dumps(record), flush=True)
