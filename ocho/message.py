@@ -39,7 +39,8 @@ EVENT_TYPES = (STARTED, OUTPUT, FINISHED)
 
 STREAMS = ("stdout", "stderr", "ocho")
 
-TOOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+# \Z, not $: `$` also matches before a trailing newline ("ls\n").
+TOOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 MAX_ARGS = 256
 MAX_ARG_CHARS = 4096
 
@@ -50,7 +51,8 @@ def is_safe_file_name(name: str) -> bool:
         0 < len(name) <= 255
         and not name.startswith(".")
         and not any(c in name for c in "/\\\0")
-        and name.isprintable()
+        and name.isprintable()  # no control characters, no lone surrogates
+        and len(name.encode()) <= 255  # what a Linux file name may take
     )
 
 
@@ -92,6 +94,18 @@ class JobRequestSchema(Schema):
             raise ValidationError(
                 "must be a tool name: lower-case letters, digits, '-' or '_' (see GET /tools)"
             )
+
+    @validates("args")
+    def _check_args(self, value: list[str], **_: Any) -> None:
+        for index, arg in enumerate(value):
+            # Neither can be passed to a process: Popen would fail, not the request.
+            if "\0" in arg:
+                raise ValidationError({index: ["must not contain a NUL character"]})
+            try:
+                arg.encode()
+            except UnicodeEncodeError:
+                raise ValidationError({index: ["must be valid Unicode text (a lone "
+                                               "surrogate is not)"]}) from None
 
     @validates("files")
     def _check_files(self, value: dict[str, str], **_: Any) -> None:

@@ -158,13 +158,19 @@ def tool_environment(settings: Settings, job: Job, workdir: str) -> dict[str, st
 
 def prepare_workdir(settings: Settings, job: Job, script: Path) -> str:
     workdir = tempfile.mkdtemp(prefix=f"ocho-{job.id[:8]}-")  # mode 0700
-    for name, content in job.files.items():
-        # O_EXCL | O_NOFOLLOW: a name can only ever create a new plain file here.
-        fd = os.open(os.path.join(workdir, name),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-    shutil.copyfile(script, os.path.join(workdir, script.name))
+    try:
+        for name, content in job.files.items():
+            if not message.is_safe_file_name(name):  # checked on arrival; never trust it here
+                raise ValueError(f"file name {name!r} is not a plain base name")
+            # O_EXCL | O_NOFOLLOW: a name can only ever create a new plain file here.
+            fd = os.open(os.path.join(workdir, name),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+        shutil.copyfile(script, os.path.join(workdir, script.name))
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     return workdir
 
 
