@@ -53,6 +53,8 @@ class Settings:
     tool_max_processes: int = 128
     gateway_threads: int = 16
     tokens: tuple[str, ...] = ()
+    # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.
+    token_file: str = ""
     k8s_host: str = ""
     k8s_token: str = ""
     k8s_ca_file: str = ""
@@ -78,6 +80,9 @@ class Settings:
             values[field.name] = _convert(name, raw, field.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
+        if settings.token_file:
+            tokens = settings.tokens + _read_token_file(settings.token_file)
+            settings = dataclasses.replace(settings, tokens=tokens)
         settings.check()
         return settings
 
@@ -119,6 +124,18 @@ class Settings:
             "KUBERNETES_SERVICE_PORT": self.kubernetes_service_port,
         }
         return {k: v for k, v in env.items() if v}
+
+
+def _read_token_file(path: str) -> tuple[str, ...]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"OCHO_TOKEN_FILE={path!r} cannot be read: {exc}") from None
+    tokens = tuple(line.strip() for line in text.splitlines()
+                   if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise SettingsError(f"OCHO_TOKEN_FILE={path!r} holds no token (one a line)")
+    return tokens
 
 
 def _convert(name: str, raw: str, kind: object) -> object:
