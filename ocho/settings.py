@@ -22,6 +22,10 @@ DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
 # channel, or the job would run twice.
 BROKER_CONSUMER_TIMEOUT_S = 1800
 
+# Room in an AMQP request body beside the files: 256 arguments of 4096 characters,
+# each up to 6 bytes once JSON-escaped, and the rest of the envelope.
+MESSAGE_ENVELOPE_BYTES = 8 * 1024 * 1024
+
 
 # Variables that keep the names Kubernetes gives them: in a pod, the
 # service host and port are how the tools find the API in-cluster.
@@ -102,6 +106,13 @@ class Settings:
             raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest request body on AMQP: what the gateway publishes for a request of
+        max_request_bytes (files in base64, 4 bytes for every 3) plus room for the
+        arguments and the rest of the JSON."""
+        return 4 * (self.max_request_bytes // 3 + 1) + MESSAGE_ENVELOPE_BYTES
 
     @property
     def bind_host(self) -> str:

@@ -27,7 +27,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from ocho import message, topology
-from ocho.errors import InvalidRequest
+from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.settings import Settings
 from worker import runner
 from worker.limits import ProcessCounter
@@ -227,7 +227,9 @@ class Worker:
         try:
             job = self._parse(delivery, body)
         except InvalidRequest as exc:
-            job_id, tool = _identify(delivery, body)
+            # An oversized body is not parsed even to find its id (message_id has it).
+            oversized = len(body) > self.settings.max_message_bytes
+            job_id, tool = _identify(delivery, b"" if oversized else body)
             self._reject(delivery, job_id, str(exc), tool)
             return
         with self._lock:
@@ -275,6 +277,11 @@ class Worker:
         self._finish(delivery, job, outcome)
 
     def _parse(self, delivery: Delivery, body: bytes) -> runner.Job:
+        # The same caps as over HTTP (gateway.submission), checked before any parsing.
+        if len(body) > self.settings.max_message_bytes:
+            raise PayloadTooLarge(f"body: {len(body)} bytes; at most "
+                                  f"{self.settings.max_message_bytes} per request "
+                                  "(from OCHO_MAX_REQUEST_BYTES)", field="body")
         request = message.load_request(body)
         files = message.decode_files(request["files"])
         if len(files) > self.settings.max_files:
@@ -284,6 +291,10 @@ class Worker:
             if len(content) > self.settings.max_file_bytes:
                 raise InvalidRequest(f"files.{name}: {len(content)} bytes; at most "
                                      f"{self.settings.max_file_bytes} per file", field="files")
+        total = sum(len(content) for content in files.values())
+        if total > self.settings.max_request_bytes:
+            raise PayloadTooLarge(f"files: {total} bytes in all; at most "
+                                  f"{self.settings.max_request_bytes} per job", field="files")
         if runner.tool_path(self.settings, request["tool"]) is None:
             raise InvalidRequest(f"unknown tool {request['tool']!r}", field="tool")
         timeout = min(request["timeout"] or self.settings.default_timeout,
