@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-import waitress
-
+from gateway import serving
 from gateway.app import create_app
 from gateway.services import of
 from ocho.errors import SettingsError, StoreUnavailable
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     portal = of(app)
-    server = waitress.create_server(app, host=settings.bind_host, port=settings.bind_port,
-                                    threads=settings.gateway_threads, ident="ocho-gateway")
+    server = serving.create_server(app, settings, ident="ocho-gateway")
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
