@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import subprocess
 import sys
 import threading
@@ -81,10 +82,18 @@ def _first_doc_line(path: Path) -> str:
     return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
 
 
+def _help_environment() -> dict[str, str]:
+    """An allow-list, as for jobs: a tool's --help never sees the gateway's secrets
+    (OCHO_TOKENS, the broker's and the store's URLs)."""
+    return {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8"}
+
+
 def _run_help(name: str, path: Path) -> str:
     try:
-        done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True,
-                              timeout=HELP_TIMEOUT_S, cwd=path.parent, stdin=subprocess.DEVNULL)
+        done = subprocess.run([sys.executable, "-P", str(path), "--help"], capture_output=True,
+                              timeout=HELP_TIMEOUT_S, cwd=path.parent, stdin=subprocess.DEVNULL,
+                              env=_help_environment())
     except subprocess.TimeoutExpired:
         raise OchoError(f"`{name} --help` did not finish within {HELP_TIMEOUT_S:.0f} s") from None
     text = (done.stdout + done.stderr).decode("utf-8", errors="replace")
