@@ -20,6 +20,7 @@ import shlex
 from typing import Any
 
 from flask import Request
+from werkzeug.datastructures import FileStorage
 
 from gateway.catalog import ToolCatalog
 from ocho.errors import InvalidRequest, PayloadTooLarge
@@ -44,7 +45,10 @@ def read_submission(http: Request, settings: Settings, catalog: ToolCatalog) -> 
     request = load_request(raw)
     files = decode_files(request["files"])  # checks the base64 of JSON uploads too
     _check_files(files, settings)
-    catalog.path(request["tool"])  # UnknownTool lists the tools there are
+    script = catalog.path(request["tool"])  # UnknownTool lists the tools there are
+    if script.name in files:
+        raise InvalidRequest(f"file name {script.name!r} is the tool's own script; upload it "
+                             "under another name", field=f"files.{script.name}")
     timeout = request["timeout"] or settings.default_timeout
     request["timeout"] = min(timeout, settings.max_timeout)
     header_id = http.headers.get("X-Correlation-Id")
@@ -112,22 +116,31 @@ def _from_form(http: Request, settings: Settings) -> tuple[dict[str, Any], str |
                                  field="timeout") from None
     if form.get("id"):
         raw["id"] = form["id"]
-    raw["files"] = encode_files(_uploads(http, settings))
+    raw["files"] = encode_files(uploaded_files(http, settings))
     return raw, form.get("correlation_id")
 
 
-def _uploads(http: Request, settings: Settings) -> dict[str, bytes]:
+def upload_name(field_name: str, upload: FileStorage) -> str:
+    """The name an uploaded file gets in the job's directory: its filename, else its
+    form field's name. Checked by uploaded_files, not here."""
+    return upload.filename or field_name
+
+
+def uploaded_files(http: Request, settings: Settings) -> dict[str, bytes]:
+    """The multipart uploads, name -> content, each name a safe base name; within the
+    count and per-file caps (413) and without reading more than a file's cap + 1."""
     files: dict[str, bytes] = {}
     uploads = list(http.files.items(multi=True))
     if len(uploads) > settings.max_files:
         raise PayloadTooLarge(f"{len(uploads)} files sent; at most {settings.max_files} "
                               "are allowed (OCHO_MAX_FILES)", field="files")
     for field_name, upload in uploads:
-        name = upload.filename or field_name
+        name = upload_name(field_name, upload)
         if not is_safe_file_name(name):
             raise InvalidRequest(
-                f"file name {name!r} is not allowed: use a plain name without '/', '\\', "
-                "NUL or a leading dot", field=f"files.{name}")
+                f"file name {name!r} is not allowed: use a plain name of at most 255 bytes, "
+                "without '/', '\\', NUL, control characters or a leading dot",
+                field=f"files.{name}")
         if name in files:
             raise InvalidRequest(f"two files are named {name!r}", field=f"files.{name}")
         content = upload.stream.read(settings.max_file_bytes + 1)
@@ -146,6 +159,11 @@ def _check_files(files: dict[str, bytes], settings: Settings) -> None:
         if len(content) > settings.max_file_bytes:
             raise PayloadTooLarge(f"file {name!r} is larger than {settings.max_file_bytes} "
                                   "bytes (OCHO_MAX_FILE_BYTES)", field=f"files.{name}")
+    total = sum(len(content) for content in files.values())
+    if total > settings.max_request_bytes:
+        raise PayloadTooLarge(f"the files add up to {total} bytes; at most "
+                              f"{settings.max_request_bytes} are allowed per job "
+                              "(OCHO_MAX_REQUEST_BYTES)", field="files")
 
 
 def _check_correlation_id(value: str | None) -> str | None:
