@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _log_exposure(settings: Settings) -> None:
     if settings.tokens:
-        log.info("%d API token(s) configured: every call but /healthz needs one",
+        log.info("%d API token(s) configured: every call but /healthz and the page at / needs one",
                  len(settings.tokens))
         return
     if _is_loopback(settings.bind_host):
