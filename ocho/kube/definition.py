@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import glob
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -372,7 +373,7 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 def load_overrides(path: str) -> Overrides:
     try:
-        data = safeyaml.load_file(path)
+        data = _read_yaml(path)
     except safeyaml.YamlProblem as exc:
         raise DefinitionError([f"{path}: {exc}"]) from None
     if data is None:
@@ -404,12 +405,38 @@ def load_overrides(path: str) -> Overrides:
 
 # -- files --------------------------------------------------------------------------------
 
+# Set by the worker: the tool runs as a portal job, in a directory of the job's uploads.
+JOB_ID_VARIABLE = "OCHO_JOB_ID"
+OUTSIDE_THE_JOB = ("only the job's own files can be read: name an uploaded file, without "
+                   "a leading '/' or '..'")
+
+
+def _outside_the_job(path: str) -> bool:
+    """In a portal job, whether `path` leaves the job's directory (absolute, '..', or a
+    symlink out). A job must never read the worker's files (/proc/<worker>/environ, a
+    service-account token) and print them back in an error. Outside a job, any path."""
+    if not os.environ.get(JOB_ID_VARIABLE):
+        return False
+    if os.path.isabs(path) or ".." in Path(path).parts:
+        return True
+    here = os.path.realpath(".")
+    return os.path.commonpath([here, os.path.realpath(path)]) != here
+
+
+def _read_yaml(path: str) -> Any:
+    if _outside_the_job(path):
+        raise safeyaml.YamlProblem(OUTSIDE_THE_JOB)
+    return safeyaml.load_file(path)
+
+
 def expand_paths(arguments: Iterable[str]) -> tuple[list[str], list[str]]:
     """Expand glob arguments ourselves (tools get no shell): (paths, problems)."""
     paths: list[str] = []
     problems: list[str] = []
     for argument in arguments:
-        if glob.has_magic(argument):
+        if glob.has_magic(argument) and _outside_the_job(argument):
+            problems.append(f"{argument}: {OUTSIDE_THE_JOB}")
+        elif glob.has_magic(argument):
             matches = sorted(glob.glob(argument))
             if not matches:
                 problems.append(f"{argument}: no file matches this pattern")
@@ -421,7 +448,7 @@ def expand_paths(arguments: Iterable[str]) -> tuple[list[str], list[str]]:
 
 def load_definition(path: str, overrides: Overrides, namespace: str) -> Definition:
     try:
-        data = safeyaml.load_file(path)
+        data = _read_yaml(path)
     except safeyaml.YamlProblem as exc:
         raise DefinitionError([f"{path}: {exc}"]) from None
     return validate(overrides.apply(data, namespace), source=Path(path).as_posix())
