@@ -26,8 +26,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from gateway.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho import topology
+from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho.errors import BrokerUnavailable, PublishRejected
 from ocho.message import CONTENT_TYPE, dump_request
 from ocho.settings import Settings
@@ -154,7 +154,8 @@ class Publisher:
         self._down("the gateway is stopping")
 
     def _connect(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(self.settings, "publisher"))
+        parameters = connection_parameters(self.settings, "ocho-gateway publisher")
+        connection = pika.BlockingConnection(parameters)
         self._connection = connection
         channel = connection.channel()
         channel.confirm_delivery()

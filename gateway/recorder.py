@@ -27,10 +27,10 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from gateway.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from gateway.notifier import JobNotifier
 from gateway.store import Store, StoreTransaction
 from ocho import topology
+from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho.errors import InvalidRequest, StoreUnavailable
 from ocho.message import load_event
 from ocho.settings import Settings
@@ -105,7 +105,8 @@ class Recorder:
                 backoff.wait(self._stopping)
 
     def _connect(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(self.settings, "recorder"))
+        parameters = connection_parameters(self.settings, "ocho-gateway recorder")
+        connection = pika.BlockingConnection(parameters)
         self._connection = connection
         channel = connection.channel()
         topology.declare(channel, self.settings.delivery_limit)

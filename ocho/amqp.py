@@ -1,5 +1,6 @@
-"""What the gateway's two broker threads (publisher, recorder) share: how to connect,
-which errors mean the connection is gone, and how long to wait before trying again."""
+"""What every process that holds a broker connection shares (the gateway's publisher
+and recorder, the worker): how to connect, which errors mean the connection is gone,
+and how long to wait before trying again."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from ocho.settings import Settings
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
 
 
-def connection_parameters(settings: Settings, role: str) -> pika.URLParameters:
+def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
+    """Parameters for a connection shown in RabbitMQ as `name`."""
     parameters = pika.URLParameters(settings.amqp_url)
     if "heartbeat" not in settings.amqp_url:
         parameters.heartbeat = settings.heartbeat
@@ -24,7 +26,7 @@ def connection_parameters(settings: Settings, role: str) -> pika.URLParameters:
     parameters.blocked_connection_timeout = 30
     parameters.connection_attempts = 1
     parameters.socket_timeout = 5
-    parameters.client_properties = {"connection_name": f"ocho-gateway {role}"}
+    parameters.client_properties = {"connection_name": name}
     return parameters
 
 

@@ -2,10 +2,12 @@
 publish their events, and ack each request only after its `finished` event
 was confirmed by the broker.
 
-pika connections are not thread-safe. The main thread owns the connection and
-keeps calling `process_data_events`, which also keeps heartbeats flowing while
-jobs run for minutes; job threads hand every publish and ack back to it with
-`add_callback_threadsafe`.
+The connection is pika's asynchronous SelectConnection, owned by the main
+thread's I/O loop, which also keeps heartbeats flowing while jobs run for
+minutes. Job threads hand every publish and ack back to that loop with
+`add_callback_threadsafe`. Events are published without waiting for each
+confirm: confirms arrive in order, and the one for a `finished` event is
+what acks its request.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
+import pika.channel
+import pika.spec
 
 from ocho import message, topology
+from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.settings import Settings
 from worker import runner
@@ -35,21 +39,17 @@ from worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
 
-CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    pika.exceptions.StreamLostError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelWrongStateError,
-    ConnectionError,
-)
 # How many cancelled job ids a worker remembers.
 CANCELLED_MEMORY = 100_000
+# How long a starting worker reads the cancel log before taking jobs anyway.
+CANCEL_LOG_CATCH_UP_S = 30.0
+# How often the I/O loop looks at the stop flag.
+TICK_S = 0.1
 
 
 @dataclasses.dataclass
 class Delivery:
-    channel: BlockingChannel
+    channel: pika.channel.Channel
     tag: int
     properties: pika.BasicProperties
     attempt: int
@@ -66,18 +66,6 @@ class RunningJob:
     control: runner.Control
 
 
-class Backoff:
-    def __init__(self, first: float = 0.5, most: float = 15.0) -> None:
-        self.first, self.most, self.next = first, most, first
-
-    def wait(self, stopping: threading.Event) -> None:
-        stopping.wait(self.next)
-        self.next = min(self.next * 2, self.most)
-
-    def reset(self) -> None:
-        self.next = self.first
-
-
 class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -90,24 +78,33 @@ class Worker:
         self._lock = threading.Lock()
         self._running: dict[str, RunningJob] = {}
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self._connection: pika.SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
         self._consumer_tag: str | None = None
-        self._synced: str | None = None
+        self._sync_marker: str | None = None
+        self._drain_deadline: float | None = None
+        # Publisher confirms: the channel numbers publishes 1, 2, 3 … and
+        # confirms them in that order; a callback waits on some of them.
+        self._published = 0
+        self._on_confirmed: dict[int, Callable[[bool], None]] = {}
+        self._consuming = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
         backoff = Backoff()
         while not self.stopping.is_set():
             try:
-                self._connect()
-                backoff.reset()
-                self._serve()
+                self._declare_topology()
+                self._run_connection()
             except CONNECTION_ERRORS as exc:
-                log.warning("broker connection lost (%s); reconnecting", _describe(exc))
-                self._abandon_running("the broker connection was lost")
+                log.warning("worker %s: broker unreachable (%s); retrying", self.name,
+                            describe(exc))
+            self._abandon_running("the broker connection was lost")
+            if self._consuming:
+                backoff.reset()
+            self._consuming = False
+            if not self.stopping.is_set():
                 backoff.wait(self.stopping)
-        self._close()
         self.pool.shutdown(wait=True)
         self.reaper.close()
         self.process_counter.close()
@@ -116,83 +113,142 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
 
-    def _connect(self) -> None:
-        parameters = pika.URLParameters(self.settings.amqp_url)
-        parameters.heartbeat = self.settings.heartbeat
-        parameters.blocked_connection_timeout = 60
-        parameters.client_properties = {"connection_name": f"ocho-worker {self.name}"}
-        self._connection = pika.BlockingConnection(parameters)
-        channel = self._connection.channel()
-        channel.confirm_delivery()
-        topology.declare(channel, self.settings.delivery_limit)
-        channel.basic_qos(prefetch_count=self.settings.concurrency)
-        self._channel = channel
-        control = self._connection.channel()
-        control.basic_qos(prefetch_count=1000)
-        control.basic_consume(topology.CONTROL_LOG, self._on_control,
-                              arguments={"x-stream-offset": "first"})
-        self._catch_up_on_cancels(channel)
-        self._consumer_tag = channel.basic_consume(topology.JOBS_QUEUE, self._on_request)
-        log.info("worker %s consuming %s with %d job slots", self.name, topology.JOBS_QUEUE,
-                 self.settings.concurrency)
+    def _declare_topology(self) -> None:
+        # Declaring is a chain of round trips; a short blocking connection reads plainer.
+        connection = pika.BlockingConnection(
+            connection_parameters(self.settings, f"ocho-worker {self.name} setup"))
+        try:
+            topology.declare(connection.channel(), self.settings.delivery_limit)
+        finally:
+            connection.close()
 
-    def _catch_up_on_cancels(self, channel: BlockingChannel) -> None:
+    def _run_connection(self) -> None:
+        """One connection's life; returns when it has closed."""
+        self._published = 0
+        self._on_confirmed = {}
+        self._sync_marker = None
+        self._consumer_tag = None
+        self._drain_deadline = None
+        parameters = connection_parameters(self.settings, f"ocho-worker {self.name}")
+        parameters.heartbeat = self.settings.heartbeat
+        parameters.socket_timeout = 10
+        self._connection = pika.SelectConnection(
+            parameters,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_failed,
+            on_close_callback=self._on_connection_closed,
+        )
+        self._connection.ioloop.call_later(TICK_S, self._tick)
+        self._connection.ioloop.start()
+        self._connection = None
+        self._channel = None
+
+    def _on_connection_failed(self, connection: pika.SelectConnection, error: Any) -> None:
+        log.warning("worker %s: cannot connect to the broker (%s)", self.name, describe(error))
+        connection.ioloop.stop()
+
+    def _on_connection_closed(self, connection: pika.SelectConnection, reason: Any) -> None:
+        if not self.stopping.is_set():
+            log.warning("worker %s: broker connection lost (%s); reconnecting", self.name,
+                        describe(reason))
+        self._channel = None
+        connection.ioloop.stop()
+
+    def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_returned)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm,
+                                 callback=lambda _frame: channel.basic_qos(
+                                     prefetch_count=self.settings.concurrency,
+                                     callback=lambda _frame: self._open_control_channel()))
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: Any) -> None:
+        # Without its channel the worker can neither report nor ack: start over.
+        if self._connection is not None and self._connection.is_open:
+            log.warning("worker %s: channel closed (%s); reconnecting", self.name,
+                        describe(reason))
+            self._connection.close()
+
+    def _open_control_channel(self) -> None:
+        assert self._connection is not None
+
+        def on_open(control: pika.channel.Channel) -> None:
+            control.basic_qos(prefetch_count=1000, callback=lambda _frame: control.basic_consume(
+                topology.CONTROL_LOG, self._on_control,
+                arguments={"x-stream-offset": "first"},
+                callback=lambda _frame: self._catch_up_on_cancels()))
+
+        self._connection.channel(on_open_callback=on_open)
+
+    def _catch_up_on_cancels(self) -> None:
         """Read the cancel log to its end before taking any job.
 
         The worker appends a marker of its own and reads until it sees it:
         then every cancel published before this moment is known.
         """
         assert self._connection is not None
-        marker = str(uuid.uuid4())
-        channel.basic_publish(topology.CONTROL_EXCHANGE, "",
-                              json.dumps({"action": "sync", "id": marker}).encode(),
-                              pika.BasicProperties(content_type=message.CONTENT_TYPE),
-                              mandatory=True)
-        deadline = time.monotonic() + 30
-        while self._synced != marker and time.monotonic() < deadline:
-            self._connection.process_data_events(time_limit=0.05)
-        if self._synced != marker:
-            log.warning("worker %s: the cancel log was not read to its end in 30 s", self.name)
+        self._sync_marker = str(uuid.uuid4())
+        self._send(topology.CONTROL_EXCHANGE, "",
+                   json.dumps({"action": "sync", "id": self._sync_marker}).encode(),
+                   pika.BasicProperties(content_type=message.CONTENT_TYPE))
+        marker = self._sync_marker
 
-    def _serve(self) -> None:
-        assert self._connection is not None and self._channel is not None
-        drain_deadline: float | None = None
-        while True:
-            if self.stopping.is_set() and drain_deadline is None:
+        def give_up() -> None:
+            if not self._consuming and self._sync_marker == marker:
+                log.warning("worker %s: the cancel log was not read to its end in %ss",
+                            self.name, CANCEL_LOG_CATCH_UP_S)
+                self._start_consuming()
+
+        self._connection.ioloop.call_later(CANCEL_LOG_CATCH_UP_S, give_up)
+
+    def _start_consuming(self) -> None:
+        if self._consuming or self._channel is None or self.stopping.is_set():
+            return
+        self._consuming = True
+        self._consumer_tag = self._channel.basic_consume(topology.JOBS_QUEUE, self._on_request)
+        log.info("worker %s consuming %s with %d job slots", self.name, topology.JOBS_QUEUE,
+                 self.settings.concurrency)
+
+    def _tick(self) -> None:
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        if self.stopping.is_set():
+            if self._drain_deadline is None:
                 # Take nothing new; running jobs get the grace period to finish.
-                if self._consumer_tag is not None:
+                if self._consumer_tag is not None and self._channel is not None:
                     self._channel.basic_cancel(self._consumer_tag)
-                drain_deadline = time.monotonic() + self.settings.shutdown_grace
+                self._drain_deadline = time.monotonic() + self.settings.shutdown_grace
                 log.info("worker %s stopping: %d job(s) running, waiting up to %ss",
                          self.name, len(self._running), self.settings.shutdown_grace)
-            if drain_deadline is not None and (not self._running
-                                               or time.monotonic() > drain_deadline):
+            overdue = time.monotonic() > self._drain_deadline
+            if overdue:
                 self._abandon_running("the worker is shutting down")
-                # Let the abandoned jobs' threads end before the channel closes.
-                self._connection.process_data_events(time_limit=0.1)
+            # Close once no job runs and every finished event is confirmed (so
+            # its request is acked); unacked requests go back to the queue.
+            if (not self._running and not self._on_confirmed) or \
+                    time.monotonic() > self._drain_deadline + 2 * self.settings.kill_grace + 5:
+                connection.close()
                 return
-            self._connection.process_data_events(time_limit=0.2)
-
-    def _close(self) -> None:
-        if self._connection is not None and self._connection.is_open:
-            try:
-                self._connection.close()
-            except CONNECTION_ERRORS:
-                pass
-        self._connection = None
-        self._channel = None
+        connection.ioloop.call_later(TICK_S, self._tick)
 
     def _abandon_running(self, why: str) -> None:
         """Kill running jobs without reporting them: the broker redelivers them."""
         with self._lock:
             running = list(self._running.values())
         for item in running:
-            log.info("job %s abandoned: %s; it will be redelivered", item.job.id, why)
+            if not item.control.abandon:
+                log.info("job %s abandoned: %s; it will be redelivered", item.job.id, why)
             item.control.abandon = True
             item.control.cancel.set()
 
     # -- control ---------------------------------------------------------------------------
-    def _on_control(self, channel: BlockingChannel, method: Any, _props: Any, body: bytes) -> None:
+    def _on_control(self, channel: pika.channel.Channel, method: Any, _props: Any,
+                    body: bytes) -> None:
         channel.basic_ack(method.delivery_tag)
         try:
             command = json.loads(body)
@@ -201,7 +257,8 @@ class Worker:
             log.warning("ignored a control message that is not {action, id}: %.200r", body)
             return
         if action == "sync":
-            self._synced = job_id
+            if job_id == self._sync_marker:
+                self._start_consuming()
             return
         if action != "cancel":
             log.warning("ignored unknown control action %r for job %s", action, job_id)
@@ -216,8 +273,8 @@ class Worker:
             item.control.cancel.set()
 
     # -- requests --------------------------------------------------------------------------
-    def _on_request(self, channel: BlockingChannel, method: Any, props: pika.BasicProperties,
-                    body: bytes) -> None:
+    def _on_request(self, channel: pika.channel.Channel, method: Any,
+                    props: pika.BasicProperties, body: bytes) -> None:
         headers = props.headers or {}
         attempt = 1 + int(headers.get("x-delivery-count") or 0)
         delivery = Delivery(channel, method.delivery_tag, props, attempt)
@@ -332,34 +389,69 @@ class Worker:
         )
         reply_to = delivery.properties.reply_to
 
+        def settle(confirmed: bool) -> None:
+            if not self._is_current(delivery):
+                return
+            if confirmed:
+                delivery.channel.basic_ack(delivery.tag)
+            else:
+                # The broker could not keep the result: run the job again.
+                log.warning("job %s: finished event refused by the broker; requeued",
+                            event["id"])
+                delivery.channel.basic_nack(delivery.tag, requeue=True)
+
         def send() -> None:
-            channel = delivery.channel
-            channel.basic_publish(topology.EVENTS_EXCHANGE, routing_key, body, properties,
-                                  mandatory=True)
+            self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
+                       settle if then_ack else None)
             if reply_to:
-                try:
-                    channel.basic_publish("", reply_to, body, properties, mandatory=True)
-                except pika.exceptions.UnroutableError:
-                    log.info("job %s: reply queue %s is gone; event kept in ocho.events only",
-                             event["id"], reply_to)
-            if then_ack:
-                channel.basic_ack(delivery.tag)
+                self._send("", reply_to, body, properties)
 
         self._on_io_thread(delivery, send)
 
-    def _on_io_thread(self, delivery: Delivery, callback: Any) -> None:
+    def _send(self, exchange: str, routing_key: str, body: bytes,
+              properties: pika.BasicProperties,
+              on_confirmed: Callable[[bool], None] | None = None) -> None:
+        assert self._channel is not None
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
+        self._published += 1
+        if on_confirmed is not None:
+            self._on_confirmed[self._published] = on_confirmed
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        confirmed = isinstance(method, pika.spec.Basic.Ack)
+        if method.multiple:
+            settled = [n for n in self._on_confirmed if n <= method.delivery_tag]
+        else:
+            settled = [method.delivery_tag] if method.delivery_tag in self._on_confirmed else []
+        for number in sorted(settled):
+            self._on_confirmed.pop(number)(confirmed)
+
+    def _on_returned(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
+        if method.exchange == "":
+            log.info("job %s: reply queue %s is gone; events stay in %s only",
+                     (properties.headers or {}).get("job_id"), method.routing_key,
+                     topology.EVENTS_EXCHANGE)
+        else:
+            log.error("event for job %s unroutable on %s (%s): is %s bound?",
+                      (properties.headers or {}).get("job_id"), method.exchange,
+                      method.reply_text, topology.RECORDER_QUEUE)
+
+    def _is_current(self, delivery: Delivery) -> bool:
+        # A delivery tag belongs to its channel: after a reconnect it is stale
+        # and must never be acked on the new one.
+        return delivery.channel is self._channel and delivery.channel.is_open
+
+    def _on_io_thread(self, delivery: Delivery, callback: Callable[[], None]) -> None:
         def guarded() -> None:
-            # A delivery tag belongs to its channel: after a reconnect it is
-            # stale and must never be acked on the new one.
-            if delivery.channel is not self._channel or not delivery.channel.is_open:
-                return
-            callback()
+            if self._is_current(delivery):
+                callback()
 
         connection = self._connection
         if connection is None:
             return
         try:
-            connection.add_callback_threadsafe(guarded)
+            connection.ioloop.add_callback_threadsafe(guarded)
         except CONNECTION_ERRORS:
             pass
 
@@ -390,7 +482,3 @@ def _identify(delivery: Delivery, body: bytes) -> tuple[str | None, str | None]:
         except ValueError:
             continue
     return None, tool
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
