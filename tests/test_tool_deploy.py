@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.infra import wait_for
 from tests.kube.emulator import KubeEmulator
 from tests.kube.toolrun import (
     DEFINITIONS,
@@ -21,7 +22,6 @@ from tests.kube.toolrun import (
     definition_text,
     run_tool_in,
     tool_env,
-    wait_for,
 )
 
 pytest_plugins = ["tests.kube.fixtures"]

@@ -23,8 +23,8 @@ from kubernetes.client.exceptions import (
 from ocho.kube.definition import Definition
 from ocho.kube.errors import api_failure
 from ocho.kube.manifest import build_controller
+from tests.infra import wait_for
 from tests.kube.emulator import FORBIDDEN_TOKEN, KubeEmulator
-from tests.kube.toolrun import wait_for
 
 pytest_plugins = ["tests.kube.fixtures"]
 

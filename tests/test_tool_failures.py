@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra import wait_for
 from tests.kube.emulator import FORBIDDEN_TOKEN, KubeEmulator
-from tests.kube.toolrun import ToolResult, definition_text, run_tool_in, tool_env, wait_for
+from tests.kube.toolrun import ToolResult, definition_text, run_tool_in, tool_env
 
 pytest_plugins = ["tests.kube.fixtures"]
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from tests.infra import wait_for
 from tests.kube.emulator import KubeEmulator
-from tests.kube.toolrun import definition_text, wait_for
+from tests.kube.toolrun import definition_text
 
 pytest_plugins = ["tests.kube.fixtures"]
 

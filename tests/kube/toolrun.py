@@ -10,11 +10,8 @@ import dataclasses
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tests.kube.emulator import KubeEmulator
 
@@ -64,14 +61,3 @@ def run_tool_in(job_dir: Path, tool: str, *args: str, env: dict[str, str],
 
 def definition_text(name: str) -> str:
     return (DEFINITIONS / name).read_text()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
