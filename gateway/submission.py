@@ -29,6 +29,7 @@ from ocho.settings import Settings
 
 FORM_FIELDS = ("line", "tool", "args", "timeout", "id", "correlation_id")
 MAX_CORRELATION_ID = 255
+CORRELATION_HEADER = "X-Correlation-Id"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,12 @@ def read_submission(http: Request, settings: Settings, catalog: ToolCatalog) -> 
         raw, correlation_id = _from_form(http, settings)
     else:
         raw, correlation_id = _from_json(http)
+    return make_submission(raw, correlation_id, http, settings, catalog)
+
+
+def make_submission(raw: dict[str, Any], correlation_id: str | None, http: Request,
+                    settings: Settings, catalog: ToolCatalog) -> Submission:
+    """Validate a request read from any shape (POST /jobs, POST /shell) into a Submission."""
     request = load_request(raw)
     files = decode_files(request["files"])  # checks the base64 of JSON uploads too
     _check_files(files, settings)
@@ -51,8 +58,8 @@ def read_submission(http: Request, settings: Settings, catalog: ToolCatalog) -> 
                              "under another name", field=f"files.{script.name}")
     timeout = request["timeout"] or settings.default_timeout
     request["timeout"] = min(timeout, settings.max_timeout)
-    header_id = http.headers.get("X-Correlation-Id")
-    correlation_id = _check_correlation_id(correlation_id or header_id) or request["id"]
+    header_id = check_correlation_id(http.headers.get(CORRELATION_HEADER), CORRELATION_HEADER)
+    correlation_id = check_correlation_id(correlation_id) or header_id or request["id"]
     return Submission(request=request, correlation_id=correlation_id)
 
 
@@ -126,16 +133,19 @@ def upload_name(field_name: str, upload: FileStorage) -> str:
     return upload.filename or field_name
 
 
-def uploaded_files(http: Request, settings: Settings) -> dict[str, bytes]:
+def uploaded_files(http: Request, settings: Settings, *,
+                   by_field_name: bool = False) -> dict[str, bytes]:
     """The multipart uploads, name -> content, each name a safe base name; within the
-    count and per-file caps (413) and without reading more than a file's cap + 1."""
+    count and per-file caps (413) and without reading more than a file's cap + 1.
+    `by_field_name`: name each file by its form field, as the original portal's
+    /shell did (`curl -F redis.yml=@build/redis-1.2.yml`)."""
     files: dict[str, bytes] = {}
     uploads = list(http.files.items(multi=True))
     if len(uploads) > settings.max_files:
         raise PayloadTooLarge(f"{len(uploads)} files sent; at most {settings.max_files} "
                               "are allowed (OCHO_MAX_FILES)", field="files")
     for field_name, upload in uploads:
-        name = upload_name(field_name, upload)
+        name = field_name if by_field_name else upload_name(field_name, upload)
         if not is_safe_file_name(name):
             raise InvalidRequest(
                 f"file name {name!r} is not allowed: use a plain name of at most 255 bytes, "
@@ -166,10 +176,13 @@ def _check_files(files: dict[str, bytes], settings: Settings) -> None:
                               "(OCHO_MAX_REQUEST_BYTES)", field="files")
 
 
-def _check_correlation_id(value: str | None) -> str | None:
+def check_correlation_id(value: str | None, field: str = "correlation_id") -> str | None:
+    """A client's correlation id (body field or header; each is checked even when both are
+    sent), or None if it sent none. It travels as an AMQP short string (at most 255
+    bytes): printable ASCII keeps it within that, whatever the client sends."""
     if not value:
         return None
-    if len(value) > MAX_CORRELATION_ID or not value.isprintable():
-        raise InvalidRequest(f"correlation_id must be printable and at most "
-                             f"{MAX_CORRELATION_ID} characters", field="correlation_id")
+    if len(value) > MAX_CORRELATION_ID or not all(" " <= c <= "~" for c in value):
+        raise InvalidRequest(f"{field} must be printable ASCII and at most "
+                             f"{MAX_CORRELATION_ID} characters", field=field)
     return value

@@ -56,6 +56,18 @@ def is_safe_file_name(name: str) -> bool:
     )
 
 
+class WholeNumber(fields.Integer):
+    """A JSON integer: 300 or 300.0 (JSON Schema's integer), never 5.5 or "5", which are
+    mistakes to point out rather than numbers to round or parse."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class JobRequestSchema(Schema):
     """Body of a message on the ocho.jobs exchange (and of POST /jobs as JSON)."""
 
@@ -73,7 +85,7 @@ class JobRequestSchema(Schema):
         load_default=dict,
         metadata={"description": "file name -> base64 content, written into the job's directory"},
     )
-    timeout = fields.Integer(
+    timeout = WholeNumber(
         load_default=None,
         validate=validate.Range(min=1),
         metadata={"description": "seconds; capped by the portal's maximum"},
