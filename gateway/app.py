@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import IO, Any
 
-from gateway import auth, error_handlers, health, jobs, tools
+from flask import Flask, Request
+from werkzeug.formparser import FormDataParser
+
+from gateway import auth, error_handlers, health, jobs, metrics, tools
 from gateway.catalog import ToolCatalog
 from gateway.notifier import JobNotifier
 from gateway.publisher import Publisher
 from gateway.recorder import Recorder
 from gateway.services import EXTENSION_KEY, Services
 from gateway.store import Store
+from ocho.errors import InvalidRequest
 from ocho.settings import Settings
 
 # Form fields that are not files (a `line`, `args` as JSON) are kept in memory;
 # arguments may take up to 256 × 4096 characters.
 MAX_FORM_FIELD_BYTES = 2 * 1024 * 1024
+
+
+class _StrictFormParser(FormDataParser):
+    """Werkzeug reads a multipart body it cannot parse as an empty form; a request whose
+    files silently vanished would run without them, so it is a 400 instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["silent"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse(self, stream: IO[bytes], mimetype: str, content_length: int | None,
+              options: dict[str, str] | None = None) -> Any:
+        try:
+            return super().parse(stream, mimetype, content_length, options)
+        except ValueError as exc:
+            raise InvalidRequest(f"the {mimetype} body cannot be read ({exc}); send what "
+                                 "curl -F or a browser form sends", field="body") from None
+
+
+class _Request(Request):
+    form_data_parser_class = _StrictFormParser
 
 
 def create_app(settings: Settings, *, background: bool = True) -> Flask:
@@ -32,6 +57,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
         catalog=ToolCatalog(settings.tools_dir),
     )
     app = Flask("gateway")
+    app.request_class = _Request
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         MAX_FORM_MEMORY_SIZE=MAX_FORM_FIELD_BYTES,
@@ -42,6 +68,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     auth.install(app, settings.tokens)
     for blueprint in (jobs.blueprint, tools.blueprint, health.blueprint):
         app.register_blueprint(blueprint)
+    metrics.install(app)
     if background:
         portal.start()
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from gateway.schemas import HEALTH, READINESS
 from gateway.services import services
 from ocho.errors import StoreUnavailable
 
@@ -13,7 +14,7 @@ blueprint = Blueprint("health", __name__)
 @blueprint.get("/healthz")
 def healthz() -> Response:
     """The process is up and serving HTTP."""
-    return jsonify({"status": "ok"})
+    return jsonify(HEALTH.dump({"status": "ok"}))
 
 
 @blueprint.get("/readyz")
@@ -35,5 +36,6 @@ def readyz() -> tuple[Response, int]:
         checks["store"] = "down"
         down.append(f"job store is unreachable ({exc})")
     if down:
-        return jsonify({"ready": False, "error": "not ready: " + "; ".join(down), **checks}), 503
-    return jsonify({"ready": True, **checks}), 200
+        return jsonify(READINESS.dump({"ready": False, "error": "not ready: " + "; ".join(down),
+                                       **checks})), 503
+    return jsonify(READINESS.dump({"ready": True, **checks})), 200

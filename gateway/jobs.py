@@ -14,9 +14,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable
 
+from gateway import metrics
+from gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
 from gateway.services import Services, services
-from gateway.store import Job, OutputSlice
-from gateway.submission import read_submission
+from gateway.store import Job
+from gateway.submission import Submission, read_submission
 from ocho.errors import BrokerUnavailable, InvalidRequest, JobConflict, PublishRejected
 from ocho.message import STATES
 
@@ -34,12 +36,23 @@ DEFAULT_OUTPUT_LIMIT = 1024 * 1024
 SSE_READ_LIMIT = 256 * 1024
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+# Byte offsets and counts past this are not numbers a database column or a JavaScript
+# client holds exactly; nothing is ever that large.
+MAX_NUMBER = 2**53 - 1
 
 
 @blueprint.post("/jobs")
 def submit() -> tuple[Response, int, dict[str, str]]:
     portal = services()
-    submission = read_submission(request, portal.settings, portal.catalog)
+    with metrics.counting_submission("jobs"):
+        submission = read_submission(request, portal.settings, portal.catalog)
+        job = submit_job(portal, submission)
+    return jsonify(JOB.dump(job)), 202, {"Location": f"/jobs/{job.id}"}
+
+
+def submit_job(portal: Services, submission: Submission) -> Job:
+    """Record a validated submission as `queued` and publish it; return once the broker
+    confirmed it (POST /jobs and POST /shell both submit this way)."""
     job_request = submission.request
     job = portal.store.create_job(job_request["id"], job_request["tool"], job_request["args"],
                                   timeout=job_request["timeout"],
@@ -52,21 +65,21 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         raise
     log.info("job %s submitted: %s (%d file(s), timeout %d s)", job.id,
              shlex.join([job.tool or "", *job.args]), len(job_request["files"]), job.timeout)
-    return jsonify(job.to_json()), 202, {"Location": f"/jobs/{job.id}"}
+    return job
 
 
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     wait = _float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
     job = _await(services(), job_id, wait, lambda job: job.terminal)
-    return jsonify(job.to_json())
+    return jsonify(JOB.dump(job))
 
 
 @blueprint.get("/jobs/<job_id>/output")
 def get_output(job_id: str) -> Response:
     portal = services()
-    offset = _int_arg("offset", 0, 0, None)
-    limit = _int_arg("limit", DEFAULT_OUTPUT_LIMIT, 4, None)
+    offset = _int_arg("offset", 0, 0, MAX_NUMBER)
+    limit = _int_arg("limit", DEFAULT_OUTPUT_LIMIT, 4, MAX_NUMBER)
     wait = _float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
     out = portal.store.read_output(job_id, offset, limit)
     if wait and not out.chunks and not out.finished:
@@ -77,22 +90,23 @@ def get_output(job_id: str) -> Response:
             return bool(out.chunks) or out.finished
 
         _await(portal, job_id, wait, has_news)
-    return jsonify(_output_json(out))
+    return jsonify(JOB_OUTPUT.dump(out))
 
 
 @blueprint.get("/jobs/<job_id>/events")
 def stream_events(job_id: str) -> Response:
     portal = services()
     portal.store.get_job(job_id)  # a 404 now, not an empty stream
+    offset = _int_arg("offset", 0, 0, MAX_NUMBER)  # checked even when Last-Event-ID wins
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is not None:
         try:
-            offset = max(0, int(last_event_id))
+            offset = int(last_event_id)
         except ValueError:
+            offset = -1
+        if not 0 <= offset <= MAX_NUMBER:
             raise InvalidRequest("Last-Event-ID must be a byte offset sent as an event id",
-                                 field="Last-Event-ID") from None
-    else:
-        offset = _int_arg("offset", 0, 0, None)
+                                 field="Last-Event-ID")
     if not portal.waiting_slots.acquire(blocking=False):
         raise ServiceUnavailable("too many event streams and long-polls are open on this "
                                  "gateway; retry shortly or poll GET /jobs/<id>/output")
@@ -107,30 +121,36 @@ def cancel(job_id: str) -> tuple[Response, int]:
     job = portal.store.get_job(job_id)
     if job.terminal:
         raise JobConflict(f"job {job_id} already ended ({job.state}); there is nothing to cancel")
+    return jsonify(JOB.dump(cancel_job(portal, job_id))), 202
+
+
+def cancel_job(portal: Services, job_id: str) -> Job:
+    """Tell every worker to stop (or never start) the job; mark it cancelled if queued."""
     portal.publisher.publish_cancel(job_id)
     job = portal.store.cancel_queued(job_id)
     portal.notifier.notify([job_id])
     log.info("job %s cancel requested (%s)", job_id,
              "cancelled before it started" if job.state != "running"
              else "the worker will stop it")
-    return jsonify(job.to_json()), 202
+    return job
 
 
 @blueprint.get("/jobs")
 def list_jobs() -> Response:
-    states = [s for s in request.args.get("state", "").split(",") if s]
+    raw_states = query_arg("state")
+    states = raw_states.split(",") if raw_states else []
     for state in states:
         if state not in STATES:
             raise InvalidRequest(f"state {state!r} is not one of {', '.join(STATES)}",
                                  field="state")
     page = services().store.list_jobs(
         states=states,
-        tool=request.args.get("tool") or None,
+        tool=query_arg("tool") or None,
         limit=_int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE),
-        before=request.args.get("before") or None,
-        offset=_int_arg("offset", 0, 0, None),
+        before=query_arg("before") or None,
+        offset=_int_arg("offset", 0, 0, MAX_NUMBER),
     )
-    return jsonify({"jobs": [job.to_json() for job in page.jobs], "next": page.next})
+    return jsonify(JOB_PAGE.dump(page))
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -190,17 +210,16 @@ def _events(portal: Services, job_id: str, offset: int) -> Generator[str, None, 
             out = portal.store.read_output(job_id, position, SSE_READ_LIMIT)
             if attempt is not None and out.job.attempt != attempt:
                 # A redelivery replaced the output: start over from its beginning.
-                yield _sse("attempt", {"attempt": out.job.attempt}, 0)
+                yield _sse("attempt", ATTEMPT_EVENT.dump(out.job), 0)
                 position, attempt = 0, out.job.attempt
                 continue
             attempt = out.job.attempt
             for chunk in out.chunks:
-                yield _sse("output", {"offset": chunk.offset, "stream": chunk.stream,
-                                      "data": chunk.text}, chunk.end)
+                yield _sse("output", OUTPUT_EVENT.dump(chunk), chunk.end)
                 last_sent = time.monotonic()
             position = out.next_offset
             if out.finished:
-                yield _sse("finished", out.job.to_json(), position)
+                yield _sse("finished", JOB.dump(out.job), position)
                 return
             if out.chunks:
                 continue  # there may be more than one read's worth
@@ -216,20 +235,16 @@ def _sse(event: str, data: dict[str, Any], event_id: int) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _output_json(out: OutputSlice) -> dict[str, Any]:
-    return {
-        "data": out.data,
-        "offset": out.offset,
-        "next_offset": out.next_offset,
-        "finished": out.finished,
-        "state": out.job.state,
-        "truncated": out.job.truncated,
-        "attempt": out.job.attempt,
-    }
+def query_arg(name: str) -> str | None:
+    """A query parameter given at most once (a repeated one is ambiguous: a 400)."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise InvalidRequest(f"{name} is given {len(values)} times; give it once", field=name)
+    return values[0] if values else None
 
 
 def _int_arg(name: str, default: int, minimum: int, maximum: int | None) -> int:
-    raw = request.args.get(name)
+    raw = query_arg(name)
     if raw is None or raw == "":
         return default
     try:
@@ -243,7 +258,7 @@ def _int_arg(name: str, default: int, minimum: int, maximum: int | None) -> int:
 
 
 def _float_arg(name: str, default: float, minimum: float, maximum: float) -> float:
-    raw = request.args.get(name)
+    raw = query_arg(name)
     if raw is None or raw == "":
         return default
     try:

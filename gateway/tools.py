@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from werkzeug.exceptions import NotFound
 
+from gateway.schemas import TOOL_HELP, TOOL_LIST
 from gateway.services import services
 from ocho.errors import UnknownTool
 
@@ -14,8 +15,8 @@ blueprint = Blueprint("tools", __name__)
 @blueprint.get("/tools")
 def list_tools() -> Response:
     catalog = services().catalog
-    return jsonify({"tools": [{"name": name, "summary": catalog.summary(name)}
-                              for name in catalog.names()]})
+    return jsonify(TOOL_LIST.dump({"tools": [{"name": name, "summary": catalog.summary(name)}
+                                             for name in catalog.names()]}))
 
 
 @blueprint.get("/tools/<name>")
@@ -24,4 +25,4 @@ def tool_help(name: str) -> Response:
         text = services().catalog.help(name)
     except UnknownTool as exc:
         raise NotFound(str(exc)) from None
-    return jsonify({"name": name, "help": text})
+    return jsonify(TOOL_HELP.dump({"name": name, "help": text}))
