@@ -1,0 +1,249 @@
+"""POST /shell: the original Ochopod portal's call, kept for the scripts that use it.
+
+    curl -X POST -H "X-Shell:deploy redis.yml -p 3" -F "redis.yml=@redis.yml" http://HOST:9000/shell
+    → {"ok": true, "ms": 5113, "out": "...", "id": "...", "state": "succeeded", "exit_code": 0}
+
+The command line comes in the X-Shell header and is split with shlex (never run
+by a shell); each multipart part is a file named by its form field, as the
+original saved them. The job is submitted exactly as POST /jobs submits one (it
+is in GET /jobs too), and the call blocks until it ends: `ok` is true only if it
+succeeded, `out` is its combined output with the portal's notes, `ms` what the
+call took. As with the original, a command that does not exist is an answer,
+not an error: `ok: false` and an `out` listing the commands there are. A line
+that cannot be split, a bad upload or a bad `timeout` is a 400 (JSON error).
+
+`help` is answered by the gateway itself: the tools and their summaries, or with
+a tool's name, its --help.
+
+A waiting call holds a server thread, so it takes one of the gateway's waiting
+slots (shared with long-polls and event streams) before it submits anything; with
+none free it is a 503 and nothing was submitted. It waits at most the job's
+timeout for a worker to start it (then cancels it, so it never runs behind the
+caller's back) and the job's timeout, plus the kill grace and a margin, for it to
+end once started.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
+
+from gateway import metrics
+from gateway.catalog import ToolCatalog
+from gateway.jobs import RECHECK_S, cancel_job, query_arg, submit_job
+from gateway.schemas import SHELL_RESULT
+from gateway.services import Services, services
+from gateway.store import Job
+from gateway.submission import (
+    CORRELATION_HEADER,
+    Submission,
+    check_correlation_id,
+    make_submission,
+    uploaded_files,
+)
+from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
+from ocho.message import QUEUED, SUCCEEDED, encode_files
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("shell", __name__)
+
+LINE_HEADER = "X-Shell"
+HELP = "help"
+# Past the job's own time limit and kill grace: room for the last events to arrive.
+MARGIN_S = 10.0
+EXAMPLE = "curl -X POST -H 'X-Shell: ls' http://HOST:9000/shell"
+
+
+@blueprint.post("/shell")
+def shell() -> Response:
+    began = time.monotonic()
+    portal = services()
+    # Everything about the request is checked before anything is answered, `help` too.
+    words = split_line(read_line())
+    if request.mimetype not in ("", "multipart/form-data") and _has_body():
+        raise UnsupportedMediaType("send files as multipart/form-data (curl -F name=@file), "
+                                   "or no body")
+    timeout = _timeout()
+    check_correlation_id(request.headers.get(CORRELATION_HEADER), CORRELATION_HEADER)
+    for name in request.form:
+        raise InvalidRequest(f"form field {name!r} is not a file: send each file as "
+                             f"-F '{name}=@PATH' (the field's name is the file's name)",
+                             field=name)
+    if words[0] == HELP:
+        ok, out = help_text(portal.catalog, words[1:])
+        return _answer(began, ok, out)
+    try:
+        with metrics.counting_submission("shell"):
+            submission = _read(portal, words, timeout)
+            if not portal.waiting_slots.acquire(blocking=False):
+                raise ServiceUnavailable(
+                    "too many calls are waiting on this gateway (POST /shell, long-polls, event "
+                    "streams); nothing was submitted: retry shortly, or submit with POST /jobs "
+                    "and follow GET /jobs/<id>")
+            try:
+                job = submit_job(portal, submission)
+            except BaseException:
+                portal.waiting_slots.release()
+                raise
+    except UnknownTool as exc:
+        return _answer(began, False, unknown_command(exc.tool, exc.known))
+    try:
+        job, note = _wait(portal, job)
+        out = _output(portal, job.id) + note
+    finally:
+        portal.waiting_slots.release()
+    return _answer(began, job.state == SUCCEEDED, out, job)
+
+
+def read_line() -> str:
+    raw = request.headers.get(LINE_HEADER)
+    if raw is None:
+        raise InvalidRequest(f"send the command line in the {LINE_HEADER} header, e.g. "
+                             f"{EXAMPLE}; `{LINE_HEADER}: help` lists the tools",
+                             field=LINE_HEADER)
+    try:
+        # Headers arrive as latin-1 text; curl sends a UTF-8 line as its bytes.
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return raw
+
+
+def split_line(line: str) -> list[str]:
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise InvalidRequest(f"cannot split the command line {line!r}: {exc}; quote it as "
+                             "you would in a shell", field=LINE_HEADER) from None
+    if not words:
+        raise InvalidRequest(f"the command line is empty; start it with a tool name "
+                             f"(`{LINE_HEADER}: help` lists them)", field=LINE_HEADER)
+    return words
+
+
+def help_text(catalog: ToolCatalog, names: list[str]) -> tuple[bool, str]:
+    """What `help [TOOL]` answers: (ok, text)."""
+    if not names:
+        tools = catalog.names()
+        if not tools:
+            return True, f"no tools are installed in {catalog.tools_dir}\n"
+        width = max(len(name) for name in tools)
+        lines = ["available commands:"]
+        lines += [f"  {name:<{width}}  {_summary(catalog, name)}".rstrip() for name in tools]
+        lines.append("`help TOOL` shows a tool's options.")
+        return True, "\n".join(lines) + "\n"
+    if len(names) > 1:
+        return False, "usage: help [TOOL]\n"
+    try:
+        return True, catalog.help(names[0])
+    except UnknownTool as exc:
+        return False, unknown_command(exc.tool, exc.known)
+    except OchoError as exc:
+        return False, f"{exc}\n"
+
+
+def unknown_command(tool: str, known: list[str]) -> str:
+    listing = ", ".join(known) if known else "none installed"
+    return f"unknown command {tool!r} (available commands -> {listing})\n"
+
+
+def _summary(catalog: ToolCatalog, name: str) -> str:
+    try:
+        return catalog.summary(name)
+    except OchoError:
+        return ""
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get(
+        "Transfer-Encoding", "").lower()
+
+
+def _timeout() -> int | None:
+    raw = query_arg("timeout")
+    if not raw:
+        return None
+    try:
+        timeout = int(raw)
+    except ValueError:
+        timeout = 0
+    if timeout < 1:
+        raise InvalidRequest("timeout must be a whole number of seconds, at least 1",
+                             field="timeout")
+    return timeout
+
+
+def _read(portal: Services, words: list[str], timeout: int | None) -> Submission:
+    """The submission for a command line and the request's uploads (InvalidRequest, 400,
+    naming what is wrong; UnknownTool for a command that does not exist)."""
+    files = uploaded_files(request, portal.settings, by_field_name=True)
+    tool, args = words[0], words[1:]
+    if tool not in portal.catalog.names():
+        raise UnknownTool(tool, portal.catalog.names())
+    raw: dict[str, Any] = {"tool": tool, "args": args, "files": encode_files(files)}
+    if timeout is not None:
+        raw["timeout"] = timeout
+    return make_submission(raw, None, request, portal.settings, portal.catalog)
+
+
+def _wait(portal: Services, job: Job) -> tuple[Job, str]:
+    """The job once it ended, else as it was when waiting on made no sense, with a note."""
+    limit = (job.timeout or portal.settings.default_timeout) + portal.settings.kill_grace
+    limit += MARGIN_S
+    deadline = time.monotonic() + limit
+    attempt = job.attempt
+    with portal.notifier.watch(job.id) as watch:
+        while True:
+            job = portal.store.get_job(job.id)
+            if job.terminal:
+                return job, ""
+            if job.state != QUEUED and job.attempt != attempt:
+                # Started (or started again after a redelivery): its own time limit runs now.
+                attempt = job.attempt
+                deadline = time.monotonic() + limit
+            left = deadline - time.monotonic()
+            if watch.closing:
+                return job, (f"\n[ocho] the gateway is stopping: job {job.id} is still "
+                             f"{job.state}; GET /jobs/{job.id} tells how it ends\n")
+            if left <= 0:
+                return _gave_up(portal, job, limit)
+            watch.wait(min(left, RECHECK_S))
+
+
+def _gave_up(portal: Services, job: Job, waited: float) -> tuple[Job, str]:
+    if job.state != QUEUED:
+        return job, (f"\n[ocho] job {job.id} is still {job.state} after {waited:.0f} s; it goes "
+                     f"on: follow it with GET /jobs/{job.id}/output\n")
+    try:
+        job = cancel_job(portal, job.id)
+    except (BrokerUnavailable, PublishRejected) as exc:
+        log.warning("job %s: no worker took it and it could not be cancelled: %s", job.id, exc)
+        return job, (f"\n[ocho] no worker started job {job.id} within {waited:.0f} s, and it "
+                     f"could not be cancelled ({exc}); it may still run: see GET /jobs/{job.id}\n")
+    log.warning("job %s: no worker started it within %.0f s; cancelled", job.id, waited)
+    return job, (f"\n[ocho] no worker started job {job.id} within {waited:.0f} s: it was "
+                 f"cancelled and will not run; are the workers up?\n")
+
+
+def _output(portal: Services, job_id: str) -> str:
+    """The job's whole kept output (the store caps it; its truncation note included)."""
+    parts: list[str] = []
+    offset = 0
+    while True:
+        out = portal.store.read_output(job_id, offset)
+        parts.append(out.data)
+        if out.finished or not out.chunks:
+            return "".join(parts)
+        offset = out.next_offset
+
+
+def _answer(began: float, ok: bool, out: str, job: Job | None = None) -> Response:
+    body: dict[str, Any] = {"ok": ok, "ms": int((time.monotonic() - began) * 1000), "out": out}
+    if job is not None:
+        body.update(id=job.id, state=job.state, exit_code=job.exit_code)
+    return jsonify(SHELL_RESULT.dump(body))
