@@ -7,7 +7,7 @@ from typing import IO, Any
 from flask import Flask, Request
 from werkzeug.formparser import FormDataParser
 
-from gateway import auth, error_handlers, health, jobs, metrics, shell, tools
+from gateway import auth, error_handlers, health, jobs, metrics, openapi, shell, tools, web
 from gateway.catalog import ToolCatalog
 from gateway.notifier import JobNotifier
 from gateway.publisher import Publisher
@@ -66,7 +66,8 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.extensions[EXTENSION_KEY] = portal
     error_handlers.register(app)
     auth.install(app, settings.tokens)
-    for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint):
+    for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint,
+                      web.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
     metrics.install(app)
     if background:
