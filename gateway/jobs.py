@@ -30,6 +30,8 @@ MAX_WAIT_S = 60
 # A waiter re-reads the store this often even unwoken: another gateway sharing the
 # same PostgreSQL may have recorded the change.
 RECHECK_S = 2.0
+# How long a long-poll waits for a free waiting slot before answering as things are.
+SLOT_WAIT_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 SSE_RETRY_MS = 2000
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024
@@ -161,10 +163,12 @@ def _await(portal: Services, job_id: str, wait: float, done: Callable[[Job], boo
     job = portal.store.get_job(job_id)
     if wait <= 0 or done(job):
         return job
-    if not portal.waiting_slots.acquire(blocking=False):
-        return job  # busy: answer now rather than hold a thread; the client polls again
+    deadline = time.monotonic() + wait
+    # Busy: wait a moment for a slot, then answer as things are. Answering at
+    # once made clients that ask again spin, which cost more than the wait.
+    if not portal.waiting_slots.acquire(timeout=min(wait, SLOT_WAIT_S)):
+        return portal.store.get_job(job_id)
     try:
-        deadline = time.monotonic() + wait
         with portal.notifier.watch(job_id) as watch:
             while True:
                 left = deadline - time.monotonic()

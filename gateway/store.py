@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 from ocho.errors import InvalidRequest, JobConflict, JobNotFound, SettingsError, StoreUnavailable
@@ -72,26 +71,6 @@ class Job:
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tool": self.tool,
-            "args": self.args,
-            "state": self.state,
-            "exit_code": self.exit_code,
-            "attempt": self.attempt,
-            "correlation_id": self.correlation_id,
-            "created_at": iso_time(self.created_at),
-            "started_at": iso_time(self.started_at),
-            "finished_at": iso_time(self.finished_at),
-            "ms": self.ms,
-            "timeout": self.timeout,
-            "truncated": self.truncated,
-            "output_bytes": self.output_bytes,
-            "reason": self.reason,
-            "worker": self.worker,
-        }
-
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
@@ -127,13 +106,6 @@ class OutputSlice:
 class JobPage:
     jobs: list[Job]
     next: str | None  # pass as `before` to get the following (older) page
-
-
-def iso_time(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 # -- dialects -------------------------------------------------------------------------------

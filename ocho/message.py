@@ -174,6 +174,8 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
 }
 
 _request_schema = JobRequestSchema()
+# One instance per event type: building a schema costs more than loading an event.
+_event_schemas = {name: schema() for name, schema in EVENT_SCHEMAS.items()}
 
 
 def new_job_id() -> str:
@@ -254,7 +256,7 @@ def load_event(body: bytes) -> dict[str, Any]:
     if not isinstance(raw, dict) or raw.get("type") not in EVENT_SCHEMAS:
         raise InvalidRequest(f"event type must be one of {', '.join(EVENT_TYPES)}", field="type")
     try:
-        event = EVENT_SCHEMAS[raw["type"]]().load(raw, unknown="exclude")
+        event = _event_schemas[raw["type"]].load(raw, unknown="exclude")
     except ValidationError as exc:
         raise invalid_from(exc) from None
     event["type"] = raw["type"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.schemas import JOB
 from gateway.store import NOTICE_ROOM, Store
 from ocho.errors import InvalidRequest, JobConflict, JobNotFound, SettingsError
 
@@ -63,8 +64,8 @@ def test_a_submitted_job_is_queued_and_its_id_is_unique(store: Store) -> None:
     job_id = new_id()
     job = store.create_job(job_id, "ls", ["-l", "x y"], timeout=30, correlation_id="c-1")
     assert (job.state, job.attempt, job.tool, job.args) == ("queued", 0, "ls", ["-l", "x y"])
-    assert job.to_json()["created_at"].endswith("Z")
-    assert job.to_json()["correlation_id"] == "c-1"
+    assert JOB.dump(job)["created_at"].endswith("Z")
+    assert JOB.dump(job)["correlation_id"] == "c-1"
     with pytest.raises(JobConflict):
         store.create_job(job_id, "ls", [], timeout=30)
     with pytest.raises(JobNotFound):
@@ -82,7 +83,7 @@ def test_a_full_run_moves_forward(store: Store) -> None:
     job = store.get_job(job_id)
     assert (job.state, job.exit_code, job.ms, job.finished_at) == ("succeeded", 0, 42, 101.0)
     assert job.output_bytes == 6
-    assert job.to_json()["finished_at"] == "1970-01-01T00:01:41.000Z"
+    assert JOB.dump(job)["finished_at"] == "1970-01-01T00:01:41.000Z"
 
 
 def test_late_and_duplicate_events_never_move_a_job_back(store: Store) -> None:
