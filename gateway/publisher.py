@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import queue
-import threading
 import time
 from typing import Any
 
@@ -26,8 +25,9 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from gateway.broker_thread import BrokerThread
 from ocho import topology
-from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.amqp import CONNECTION_ERRORS, describe
 from ocho.errors import BrokerUnavailable, PublishRejected
 from ocho.message import CONTENT_TYPE, dump_request
 from ocho.settings import Settings
@@ -48,35 +48,13 @@ class Outgoing:
         default_factory=concurrent.futures.Future)
 
 
-class Publisher:
+class Publisher(BrokerThread):
+    role = "publisher"
+
     def __init__(self, settings: Settings, *, confirm_timeout: float = 10.0) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.confirm_timeout = confirm_timeout
         self._outbox: queue.Queue[Outgoing] = queue.Queue()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ocho-publisher", daemon=True)
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._connected = threading.Event()
-        self.last_error = "not connected yet"
-
-    # -- life cycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        self._wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
 
     # -- called from request threads ---------------------------------------------------------
 
@@ -136,33 +114,8 @@ class Publisher:
 
     # -- the owning thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
-        backoff = Backoff()
-        while not self._stopping.is_set():
-            try:
-                self._connect()
-                backoff.reset()
-                self._serve()
-            except CONNECTION_ERRORS as exc:
-                self._down(describe(exc))
-                log.warning("publisher: broker connection lost or refused (%s); "
-                            "retrying in %.1f s", self.last_error, backoff.delay)
-            finally:
-                self._close()
-            if not self._stopping.is_set():
-                backoff.wait(self._stopping)
-        self._down("the gateway is stopping")
-
-    def _connect(self) -> None:
-        parameters = connection_parameters(self.settings, "ocho-gateway publisher")
-        connection = pika.BlockingConnection(parameters)
-        self._connection = connection
-        channel = connection.channel()
+    def _set_up(self, channel: BlockingChannel) -> None:
         channel.confirm_delivery()
-        topology.declare(channel, self.settings.delivery_limit)
-        self._channel = channel
-        self._connected.set()
-        self.last_error = ""
         log.info("publisher: connected to the broker, topology declared")
 
     def _serve(self) -> None:
@@ -205,8 +158,7 @@ class Publisher:
 
     def _down(self, reason: str) -> None:
         """Mark the broker unavailable and fail everything still waiting to be sent."""
-        self._connected.clear()
-        self.last_error = reason
+        super()._down(reason)
         while True:
             try:
                 item = self._outbox.get_nowait()
@@ -215,12 +167,3 @@ class Publisher:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(BrokerUnavailable(
                     f"the message broker is unavailable ({reason}); try again shortly"))
-
-    def _close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        self._connected.clear()
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except CONNECTION_ERRORS:
-                pass

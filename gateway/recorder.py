@@ -21,16 +21,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
 from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from gateway.broker_thread import BrokerThread
 from gateway.notifier import JobNotifier
 from gateway.store import Store, StoreTransaction
 from ocho import topology
-from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.amqp import Backoff, describe
 from ocho.errors import InvalidRequest, StoreUnavailable
 from ocho.message import load_event
 from ocho.settings import Settings
@@ -54,80 +54,28 @@ class DeadLetter:
     request: dict[str, Any]  # tool, args, timeout, correlation_id as far as known
 
 
-class Recorder:
+class Recorder(BrokerThread):
+    role = "recorder"
+
     def __init__(self, settings: Settings, store: Store, notifier: JobNotifier, *,
                  prefetch: int = 200) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.store = store
         self.notifier = notifier
         self.prefetch = prefetch
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ocho-recorder", daemon=True)
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
         self._arrived: list[Delivery] = []
-        self._connected = threading.Event()
-        self.last_error = "not connected yet"
         self.recorded = 0  # deliveries handled since start, for logs and tests
 
-    # -- life cycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in hand (so it is acked), then close the connection."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
-
-    def _run(self) -> None:
-        backoff = Backoff()
-        while not self._stopping.is_set():
-            try:
-                self._connect()
-                backoff.reset()
-                self._consume()
-            except CONNECTION_ERRORS as exc:
-                self.last_error = describe(exc)
-                log.warning("recorder: broker connection lost or refused (%s); "
-                            "retrying in %.1f s", self.last_error, backoff.delay)
-            finally:
-                self._close()
-            if not self._stopping.is_set():
-                backoff.wait(self._stopping)
-
-    def _connect(self) -> None:
-        parameters = connection_parameters(self.settings, "ocho-gateway recorder")
-        connection = pika.BlockingConnection(parameters)
-        self._connection = connection
-        channel = connection.channel()
-        topology.declare(channel, self.settings.delivery_limit)
+    def _set_up(self, channel: BlockingChannel) -> None:
         channel.basic_qos(prefetch_count=self.prefetch)
         self._arrived = []  # nothing from an earlier channel may be acked on this one
         for queue_name in (topology.RECORDER_QUEUE, topology.DEAD_QUEUE):
             channel.basic_consume(queue_name, self._on_delivery(queue_name))
-        self._channel = channel
-        self._connected.set()
-        self.last_error = ""
         log.info("recorder: consuming %s and %s", topology.RECORDER_QUEUE, topology.DEAD_QUEUE)
 
     def _close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        self._connected.clear()
         self._arrived = []
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except CONNECTION_ERRORS:
-                pass
+        super()._close()
 
     def _on_delivery(self, queue_name: str) -> Any:
         def arrived(_channel: BlockingChannel, method: Any, properties: pika.BasicProperties,
@@ -136,7 +84,7 @@ class Recorder:
                                           properties, body))
         return arrived
 
-    def _consume(self) -> None:
+    def _serve(self) -> None:
         assert self._connection is not None
         while not self._stopping.is_set():
             # Dispatches every delivery already read from the socket in one go, so

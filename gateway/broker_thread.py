@@ -1,0 +1,103 @@
+"""What the gateway's publisher and recorder share: a daemon thread that owns one
+broker connection and keeps it up — connect, declare the topology, serve until the
+connection drops, back off, and again — and says whether it is connected and why
+not, for /readyz and /metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from ocho import topology
+from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerThread:
+    role = "broker"  # names the thread, the connection and the log lines
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ocho-{self.role}", daemon=True)
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._connected = threading.Event()
+        self.last_error = "not connected yet"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- for subclasses -----------------------------------------------------------------------
+
+    def _set_up(self, channel: BlockingChannel) -> None:
+        """Make a fresh channel ready for _serve (confirms, consumers…)."""
+
+    def _serve(self) -> None:
+        """Work until stopping, or until a connection error ends the connection."""
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Make _serve notice a stop at once, if it may be waiting."""
+
+    def _down(self, reason: str) -> None:
+        self._connected.clear()
+        self.last_error = reason
+
+    # -- the owning thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                self._open()
+                backoff.reset()
+                self._serve()
+            except CONNECTION_ERRORS as exc:
+                self._down(describe(exc))
+                log.warning("%s: broker connection lost or refused (%s); retrying in %.1f s",
+                            self.role, self.last_error, backoff.delay)
+            finally:
+                self._close()
+            if not self._stopping.is_set():
+                backoff.wait(self._stopping)
+        self._down("the gateway is stopping")
+
+    def _open(self) -> None:
+        parameters = connection_parameters(self.settings, f"ocho-gateway {self.role}")
+        self._connection = pika.BlockingConnection(parameters)
+        channel = self._connection.channel()
+        topology.declare(channel, self.settings.delivery_limit)
+        self._set_up(channel)
+        self._channel = channel
+        self._connected.set()
+        self.last_error = ""
+
+    def _close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._connected.clear()
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except CONNECTION_ERRORS:
+                pass
