@@ -9,7 +9,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable
@@ -247,29 +247,28 @@ def query_arg(name: str) -> str | None:
     return values[0] if values else None
 
 
-def _int_arg(name: str, default: int, minimum: int, maximum: int | None) -> int:
-    raw = query_arg(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number", field=name) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise InvalidRequest(f"{name} must be {bounds}", field=name)
-    return value
+Number = TypeVar("Number", int, float)
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    return _number_arg(name, default, minimum, maximum, int, "a whole number", "")
 
 
 def _float_arg(name: str, default: float, minimum: float, maximum: float) -> float:
+    return _number_arg(name, default, minimum, maximum, float, "a number of seconds", " seconds")
+
+
+def _number_arg(name: str, default: Number, minimum: Number, maximum: Number,
+                parse: Callable[[str], Number], kind: str, unit: str) -> Number:
     raw = query_arg(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise InvalidRequest(f"{name} must be a number of seconds", field=name) from None
+        raise InvalidRequest(f"{name} must be {kind}", field=name) from None
     if not minimum <= value <= maximum:
-        raise InvalidRequest(f"{name} must be between {minimum:g} and {maximum:g} seconds",
-                             field=name)
+        style = "g" if parse is float else "d"
+        raise InvalidRequest(f"{name} must be between {minimum:{style}} and {maximum:{style}}"
+                             f"{unit}", field=name)
     return value
