@@ -177,6 +177,8 @@ class Worker:
         assert self._connection is not None
 
         def on_open(control: pika.channel.Channel) -> None:
+            # Without the cancel log a cancel could be missed: start over.
+            control.add_on_close_callback(self._on_channel_closed)
             control.basic_qos(prefetch_count=1000, callback=lambda _frame: control.basic_consume(
                 topology.CONTROL_LOG, self._on_control,
                 arguments={"x-stream-offset": "first"},
@@ -215,9 +217,9 @@ class Worker:
 
     def _tick(self) -> None:
         connection = self._connection
-        if connection is None or not connection.is_open:
+        if connection is None or connection.is_closing or connection.is_closed:
             return
-        if self.stopping.is_set():
+        if self.stopping.is_set() and connection.is_open:
             if self._drain_deadline is None:
                 # Take nothing new; running jobs get the grace period to finish.
                 if self._consumer_tag is not None and self._channel is not None:
@@ -452,8 +454,9 @@ class Worker:
             return
         try:
             connection.ioloop.add_callback_threadsafe(guarded)
-        except CONNECTION_ERRORS:
-            pass
+        except Exception as exc:  # the loop is closing: the broker redelivers the job
+            log.debug("worker %s: dropped a callback for job %s: %s", self.name,
+                      delivery.properties.message_id, describe(exc))
 
 
 def _finished_event(job_id: str, tool: str | None, attempt: int,
