@@ -45,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return tool.run(lambda: kill(args), prog=PROG, json_output=args.json)
+    return tool.main(argv, build_parser(), kill)
 
 
 def kill(args: argparse.Namespace) -> int:

@@ -61,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return tool.run(lambda: show_logs(args), prog=PROG, json_output=args.json)
+    return tool.main(argv, build_parser(), show_logs)
 
 
 def show_logs(args: argparse.Namespace) -> int:

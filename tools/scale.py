@@ -60,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return tool.run(lambda: scale(args), prog=PROG, json_output=args.json)
+    return tool.main(argv, build_parser(), scale)
 
 
 def scale_cluster(api: KubeApi, rcs: list[Controller], how: ScaleFactor) -> dict[str, Any]:

@@ -39,6 +39,13 @@ def make_parser(prog: str, description: str, epilog: str = "") -> ToolArgumentPa
     return parser
 
 
+def main(argv: list[str] | None, parser: argparse.ArgumentParser,
+         body: Callable[[argparse.Namespace], int]) -> int:
+    """A tool's whole life: parse its arguments, run its body, end as `run` says."""
+    args = parser.parse_args(argv)
+    return run(lambda: body(args), prog=parser.prog, json_output=args.json)
+
+
 def run(body: Callable[[], int], *, prog: str, json_output: bool) -> int:
     """Run a tool's body and turn every failure into an exit code and one line."""
     try:
