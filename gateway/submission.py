@@ -24,7 +24,13 @@ from werkzeug.datastructures import FileStorage
 
 from gateway.catalog import ToolCatalog
 from ocho.errors import InvalidRequest, PayloadTooLarge
-from ocho.message import decode_files, encode_files, is_safe_file_name, load_request
+from ocho.message import (
+    decode_files,
+    encode_files,
+    is_safe_file_name,
+    load_json_object,
+    load_request,
+)
 from ocho.settings import Settings
 
 FORM_FIELDS = ("line", "tool", "args", "timeout", "id", "correlation_id")
@@ -68,13 +74,7 @@ def _from_json(http: Request) -> tuple[dict[str, Any], str | None]:
     if not body.strip():
         raise InvalidRequest('send a JSON body like {"tool": "ls", "args": ["-l"]}, '
                              "or a multipart form with a `line` field", field="body")
-    try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest('body must be a JSON object like {"tool": "ls", "args": ["-l"]}',
-                             field="body")
+    raw = load_json_object(body)
     correlation_id = raw.pop("correlation_id", None)
     if correlation_id is not None and not isinstance(correlation_id, str):
         raise InvalidRequest("correlation_id must be a string", field="correlation_id")

@@ -182,16 +182,26 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+NOT_AN_OBJECT = 'body must be a JSON object like {"tool": "ls", "args": ["-l"]}'
+
+
+def load_json_object(body: bytes | str) -> dict[str, Any]:
+    """A request body parsed as JSON; InvalidRequest unless it is an object."""
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest(NOT_AN_OBJECT, field="body")
+    return raw
+
+
 def load_request(raw: dict[str, Any] | bytes | str) -> dict[str, Any]:
     """Validate a job request; raise InvalidRequest naming the first bad field."""
     if isinstance(raw, (bytes, str)):
-        try:
-            raw = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"body is not valid JSON: {exc}", field="body") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("body must be a JSON object like {\"tool\": ..., \"args\": [...]}",
-                             field="body")
+        raw = load_json_object(raw)
+    elif not isinstance(raw, dict):
+        raise InvalidRequest(NOT_AN_OBJECT, field="body")
     try:
         request = _request_schema.load(raw, unknown="raise")
     except ValidationError as exc:
