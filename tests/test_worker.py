@@ -168,6 +168,8 @@ def test_killed_worker_job_is_redelivered_as_attempt_two(stack: Stack, client: C
     result = client.wait(job_id, timeout=60)
     assert result.state == "succeeded"
     assert result.attempt == 2
+    # The next worker sweeps away the process-count cgroup the killed one left.
+    assert not Path(f"/sys/fs/cgroup/pids/ocho-worker-{first.pid}").exists()
 
 
 def test_tool_sees_only_allow_listed_environment(stack: Stack, client: Client):

@@ -70,6 +70,7 @@ class ProcessCounter:
             v1 = root == PIDS_CGROUP_V1 and (root / "cgroup.procs").exists()
             if not v1 and not _has_pids_controller(root):
                 continue
+            _sweep_dead_workers(root)
             base = root / f"ocho-worker-{worker_id}"
             try:
                 base.mkdir(exist_ok=True)
@@ -114,6 +115,23 @@ class ProcessCounter:
             self.base.rmdir()
         except OSError:
             pass
+
+
+def _sweep_dead_workers(root: Path) -> None:
+    """Remove the empty cgroups of workers that died without cleaning up (SIGKILL)."""
+    for base in root.glob("ocho-worker-*"):
+        try:
+            os.kill(int(base.name.rsplit("-", 1)[1]), 0)
+            continue  # that worker still runs
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        for group in [*base.glob("job-*"), base]:
+            try:
+                group.rmdir()
+            except OSError:
+                pass  # a process still in it: leave it to its reaper
 
 
 def _has_pids_controller(root: Path) -> bool:
