@@ -298,15 +298,7 @@ class Worker:
             self._finish(delivery, job, runner.Outcome(message.CANCELLED, None, 0, False, 0,
                                                        reason="cancelled before it started"))
             return
-        def on_spawn(pid: int) -> None:
-            self.reaper.track(pid)
-            self.process_counter.attach(job.id, pid)
-
-        def on_exit(pid: int) -> None:
-            self.reaper.forget(pid)
-            self.process_counter.release(job.id)
-
-        control = runner.Control(on_spawn=on_spawn, on_exit=on_exit)
+        control = self._control_for(job)
         with self._lock:
             self._running[job.id] = RunningJob(job, delivery, control)
         try:
@@ -334,6 +326,20 @@ class Worker:
             self._reject(delivery, job.id, outcome.reason or "rejected", job.tool)
             return
         self._finish(delivery, job, outcome)
+
+    def _control_for(self, job: runner.Job) -> runner.Control:
+        """The tool's process group is known to the reaper (so it dies with this
+        worker) and counted in a pids cgroup for as long as it runs."""
+
+        def on_spawn(pid: int) -> None:
+            self.reaper.track(pid)
+            self.process_counter.attach(job.id, pid)
+
+        def on_exit(pid: int) -> None:
+            self.reaper.forget(pid)
+            self.process_counter.release(job.id)
+
+        return runner.Control(on_spawn=on_spawn, on_exit=on_exit)
 
     def _parse(self, delivery: Delivery, body: bytes) -> runner.Job:
         # The same caps as over HTTP (gateway.submission), checked before any parsing.
