@@ -29,6 +29,11 @@ class HttpClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
               timeout: float = 30) -> tuple[int, dict[str, Any]]:
+        status, _headers, raw = self._request(method, path, body, timeout)
+        return status, json.loads(raw)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 timeout: float = 30) -> tuple[int, http.client.HTTPMessage, bytes]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         for attempt in (1, 2):
@@ -42,7 +47,7 @@ class HttpClient:
                     conn.sock.settimeout(timeout)
                 conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
-                return response.status, json.loads(response.read())
+                return response.status, response.headers, response.read()
             except (http.client.HTTPException, ConnectionError):
                 conn.close()  # the server closed a kept-alive connection: once more
                 self._local.conn = None
@@ -75,12 +80,14 @@ class HttpClient:
         offset, total = 0, 0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            # Pages of the gateway's default size (1 MiB), as a tailing client reads.
-            _, out = self._call("GET", f"/jobs/{job_id}/output?offset={offset}&wait={WAIT_S}",
-                                timeout=WAIT_S + 10)
-            total += len(out["data"])
-            offset = out["next_offset"]
-            if out["finished"]:
+            # Pages of the gateway's default size (1 MiB) as plain text, as a tailing
+            # client that wants the bytes reads them.
+            _, headers, data = self._request(
+                "GET", f"/jobs/{job_id}/output?offset={offset}&wait={WAIT_S}&format=text",
+                timeout=WAIT_S + 10)
+            total += len(data)
+            offset = int(headers["Ocho-Next-Offset"])
+            if headers["Ocho-Finished"] == "true":
                 return total
         raise RuntimeError(f"job {job_id}: output not read in 120 s")
 

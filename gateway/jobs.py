@@ -17,7 +17,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from gateway import metrics
 from gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
 from gateway.services import Services, services
-from gateway.store import Job
+from gateway.store import Job, OutputSlice
 from gateway.submission import Submission, read_submission
 from ocho.errors import BrokerUnavailable, InvalidRequest, JobConflict, PublishRejected
 from ocho.message import STATES
@@ -41,6 +41,7 @@ MAX_PAGE = 500
 # Byte offsets and counts past this are not numbers a database column or a JavaScript
 # client holds exactly; nothing is ever that large.
 MAX_NUMBER = 2**53 - 1
+OUTPUT_FORMATS = ("json", "text")
 
 
 @blueprint.post("/jobs")
@@ -83,6 +84,10 @@ def get_output(job_id: str) -> Response:
     offset = _int_arg("offset", 0, 0, MAX_NUMBER)
     limit = _int_arg("limit", DEFAULT_OUTPUT_LIMIT, 4, MAX_NUMBER)
     wait = _float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
+    output_format = query_arg("format") or "json"
+    if output_format not in OUTPUT_FORMATS:
+        raise InvalidRequest(f"format must be one of {', '.join(OUTPUT_FORMATS)}",
+                             field="format")
     out = portal.store.read_output(job_id, offset, limit)
     if wait and not out.chunks and not out.finished:
         # Long-poll for output past `offset` (or the end of the job).
@@ -92,7 +97,25 @@ def get_output(job_id: str) -> Response:
             return bool(out.chunks) or out.finished
 
         _await(portal, job_id, wait, has_news)
+    if output_format == "text":
+        return _output_text(out)
     return jsonify(JOB_OUTPUT.dump(out))
+
+
+def _output_text(out: OutputSlice) -> Response:
+    """The output as it is, for `curl` and for big outputs: no JSON escaping; the
+    slice's facts travel in headers."""
+    response = Response(b"".join(chunk.data for chunk in out.chunks),
+                        mimetype="text/plain", content_type="text/plain; charset=utf-8")
+    response.headers.update({
+        "Ocho-Offset": str(out.offset),
+        "Ocho-Next-Offset": str(out.next_offset),
+        "Ocho-Finished": "true" if out.finished else "false",
+        "Ocho-State": out.job.state,
+        "Ocho-Truncated": "true" if out.job.truncated else "false",
+        "Ocho-Attempt": str(out.job.attempt),
+    })
+    return response
 
 
 @blueprint.get("/jobs/<job_id>/events")

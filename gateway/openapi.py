@@ -211,6 +211,31 @@ def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) ->
             "allowEmptyValue": True, "description": description, **extra}
 
 
+def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "schema": schema}
+
+
+OUTPUT_SLICE = {
+    "description": "The output slice: JSON, or with `format=text` the bytes themselves.",
+    "content": {
+        "application/json": {"schema": "JobOutput"},
+        "text/plain": {"schema": {"type": "string"}},
+    },
+    "headers": {
+        "Ocho-Offset": _header("with format=text: the byte offset asked for",
+                               {"type": "integer"}),
+        "Ocho-Next-Offset": _header("with format=text: ask again from here",
+                                    {"type": "integer"}),
+        "Ocho-Finished": _header("with format=text: the job ended and there is no more "
+                                 "output", {"type": "string", "enum": ["true", "false"]}),
+        "Ocho-State": _header("with format=text: the job's state", {"type": "string"}),
+        "Ocho-Truncated": _header("with format=text: the output went past the cap",
+                                  {"type": "string", "enum": ["true", "false"]}),
+        "Ocho-Attempt": _header("with format=text: which run the output is of",
+                                {"type": "integer"}),
+    },
+}
+
 CORRELATION_HEADER = {"type": "string", "maxLength": 255, "pattern": CORRELATION_PATTERN}
 JOB_ID = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string"},
           "description": "the job id"}
@@ -301,9 +326,11 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                            "at most this many bytes"),
                     WAIT | {"description": "hold the answer up to this many seconds until "
                                            "there is output past `offset` or the job ends"},
+                    _query("format", {"type": "string", "enum": list(jobs.OUTPUT_FORMATS)},
+                           "`json` (the default), or `text`: the output itself as "
+                           "text/plain, with the slice's facts in `Ocho-*` headers"),
                 ],
-                "responses": {"200": _json("JobOutput", "The output slice."),
-                              "400": BAD_REQUEST, "404": NOT_FOUND},
+                "responses": {"200": OUTPUT_SLICE, "400": BAD_REQUEST, "404": NOT_FOUND},
             },
         },
         "/jobs/{job_id}/events": {

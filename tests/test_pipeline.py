@@ -116,3 +116,22 @@ def test_twenty_jobs_are_spread_over_both_workers(stack: Stack):
     jobs = [stack.wait(job_id, timeout=60) for job_id in ids]
     assert [j["state"] for j in jobs] == ["succeeded"] * 20
     assert len({j["worker"] for j in jobs}) == 2
+
+
+def test_output_as_plain_text_for_curl(stack: Stack):
+    job = stack.submit("cat", ["notes.txt"], files={"notes.txt": "naïve\nline two\n".encode()})
+    stack.wait(job["id"], timeout=30)
+    url = f"{stack.url}/jobs/{job['id']}/output"
+    whole = requests.get(url, params={"format": "text"}, timeout=10)
+    assert whole.status_code == 200
+    assert whole.headers["Content-Type"].startswith("text/plain")
+    assert whole.content == "naïve\nline two\n".encode()
+    assert whole.headers["Ocho-Finished"] == "true"
+    assert whole.headers["Ocho-State"] == "succeeded"
+    assert int(whole.headers["Ocho-Next-Offset"]) == len(whole.content)
+    tail = requests.get(url, params={"format": "text", "offset": 7}, timeout=10)
+    assert tail.text == "line two\n"
+    assert tail.headers["Ocho-Offset"] == "7"
+    refused = requests.get(url, params={"format": "xml"}, timeout=10)
+    assert refused.status_code == 400
+    assert refused.json()["field"] == "format"
