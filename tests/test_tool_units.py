@@ -12,6 +12,7 @@ import pytest
 
 from ocho.errors import OchoError
 from ocho.kube import safeyaml
+from ocho.kube.clusters import Controller
 from ocho.kube.config import ToolEnvironment
 from ocho.kube.definition import (
     DefinitionError,
@@ -278,3 +279,21 @@ def test_tables_align_and_ages_read_like_kubectl() -> None:
     assert age(datetime(2024, 5, 1, 21, tzinfo=UTC), now) == "3h"
     assert age(datetime(2024, 4, 29, tzinfo=UTC), now) == "3d"
     assert age(None) == "-"
+
+
+def test_two_deploys_within_one_second_keep_their_order() -> None:
+    def rc(name: str, deployed: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "creationTimestamp": "2026-01-01T10:00:00Z",
+                             "labels": {"ocho.io/namespace": "ns", "ocho.io/cluster": "zk"},
+                             "annotations": {"ocho.io/deployed-at": deployed}}}
+
+    # Names sort the other way round: only the deploy time can tell which came last.
+    first = Controller.from_json(rc("ns-zk-b", "2026-01-01T10:00:00.100000+00:00"))
+    second = Controller.from_json(rc("ns-zk-a", "2026-01-01T10:00:00.900000+00:00"))
+    assert first.created is not None and second.created is not None
+    assert first.created < second.created
+    manifest = build_controller(validate({"cluster": "zk", "image": "i"}, "zk.yml"),
+                                namespace="ns", pods=1,
+                                job_id=None, when=datetime(2026, 1, 1, 10, 0, 0, 123456, UTC))
+    assert manifest["metadata"]["annotations"]["ocho.io/deployed-at"] == (
+        "2026-01-01T10:00:00.123456+00:00")

@@ -61,7 +61,8 @@ class Controller:
             replicas=spec.get("replicas", 1),
             current=status.get("replicas", 0),
             ready=status.get("readyReplicas", 0),
-            created=parse_time(meta.get("creationTimestamp")),
+            created=(parse_time((meta.get("annotations") or {}).get(
+                labels.DEPLOYED_AT_ANNOTATION)) or parse_time(meta.get("creationTimestamp"))),
             resource_version=meta.get("resourceVersion"),
             definition=(meta.get("annotations") or {}).get(labels.DEFINITION_ANNOTATION),
             deleting=bool(meta.get("deletionTimestamp")),

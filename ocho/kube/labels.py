@@ -25,3 +25,6 @@ def equality_selector(labels: dict[str, str]) -> str:
 
 # Annotation: the definition file a controller was deployed from.
 DEFINITION_ANNOTATION = PREFIX + "definition"
+# Annotation: when it was deployed, to the microsecond (creationTimestamp has
+# whole seconds only, too coarse to order two deploys of one cluster).
+DEPLOYED_AT_ANNOTATION = PREFIX + "deployed-at"

@@ -64,7 +64,8 @@ def build_controller(definition: Definition, *, namespace: str, pods: int,
         "metadata": {
             "name": name,
             "labels": all_labels,
-            "annotations": {labels.DEFINITION_ANNOTATION: definition.source},
+            "annotations": {labels.DEFINITION_ANNOTATION: definition.source,
+                            labels.DEPLOYED_AT_ANNOTATION: when.isoformat()},
         },
         "spec": {
             "replicas": pods,
