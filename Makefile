@@ -24,5 +24,8 @@ run: install services
 test: install services
 	$(VENV)/bin/pytest -q
 
+bench: install services
+	$(VENV)/bin/python bench/run.py $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .

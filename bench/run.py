@@ -38,8 +38,11 @@ TARGET_IDLE_RSS_MB = 60.0
 
 def _in_project_venv() -> None:
     """`python bench/run.py` with any python: carry on in the project's venv."""
-    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and PROJECT_PYTHON.exists():
-        os.execv(str(PROJECT_PYTHON), [str(PROJECT_PYTHON), *sys.argv])
+    if Path(sys.prefix).resolve() == (ROOT / ".venv").resolve():
+        return
+    if not PROJECT_PYTHON.exists():
+        sys.exit(f"bench: {PROJECT_PYTHON} is missing; run `make install` (or `make bench`) first")
+    os.execv(str(PROJECT_PYTHON), [str(PROJECT_PYTHON), *sys.argv])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
