@@ -593,15 +593,23 @@ class StoreTransaction:
         return bool(values)
 
     def _output(self, job: Job, event: dict[str, Any]) -> bool:
-        offset = int(event["offset"])
-        if offset < 0:
-            return False
-        stream = str(event["stream"])
-        data = str(event["data"]).encode("utf-8", errors="replace")
-        cap = self._store.output_cap
-        values: dict[str, Any] = {}
+        values, kept = self._write_chunk(job, event)
         if job.state == QUEUED:
             values["state"] = RUNNING  # the started event is late or lost
+        if values:
+            self.update(job.id, **values)
+        return kept or bool(values)
+
+    def _write_chunk(self, job: Job, chunk: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Store one piece of output within the cap; returns the job's new
+        output_bytes/truncated values and whether anything was kept."""
+        offset = int(chunk["offset"])
+        if offset < 0:
+            return {}, False
+        stream = str(chunk["stream"])
+        data = str(chunk["data"]).encode("utf-8", errors="replace")
+        cap = self._store.output_cap
+        values: dict[str, Any] = {}
         end = offset + len(data)
         if end > job.output_bytes:
             values["output_bytes"] = end
@@ -617,9 +625,7 @@ class StoreTransaction:
             notice = (f"\n[ocho] output truncated: the gateway keeps {cap} bytes "
                       f"per job\n").encode()
             self._insert_chunk(job, offset + len(kept), "ocho", notice)
-        if values:
-            self.update(job.id, **values)
-        return bool(kept) or bool(values)
+        return values, bool(kept)
 
     def _insert_chunk(self, job: Job, offset: int, stream: str, data: bytes) -> None:
         self.execute(
@@ -630,8 +636,20 @@ class StoreTransaction:
     def _finished(self, job: Job, event: dict[str, Any], ts: float) -> bool:
         if job.terminal:
             return False  # the first terminal state wins
+        # A short job sends neither `started` nor `output`: its finished event has both.
+        values: dict[str, Any] = {}
+        if job.started_at is None and event.get("started_ts") is not None:
+            values["started_at"] = float(event["started_ts"])
+        if job.worker is None and event.get("worker"):
+            values["worker"] = _text(event["worker"])
+        for chunk in event.get("output") or ():
+            written, _kept = self._write_chunk(job, chunk)
+            job = dataclasses.replace(
+                job, output_bytes=written.get("output_bytes", job.output_bytes),
+                truncated=job.truncated or bool(written.get("truncated")))
         self.update(
             job.id,
+            **values,
             state=event["state"],
             exit_code=event.get("exit_code"),
             ms=event.get("ms"),

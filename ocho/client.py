@@ -95,16 +95,23 @@ class Client:
             mandatory=True)
 
     def events(self, job_id: str, timeout: float) -> Iterator[dict[str, Any]]:
-        """Yield the job's events as they arrive, ending with `finished`."""
+        """Yield the job's events as they arrive, ending with `finished`.
+
+        The output a `finished` event carries is yielded first as `output`
+        events of its own, so that all output comes the same way."""
         queue = self._pending.setdefault(job_id, collections.deque())
         deadline = time.monotonic() + timeout
         while True:
             while queue:
                 event = queue.popleft()
-                yield event
                 if event["type"] == message.FINISHED:
+                    for chunk in event.get("output") or ():
+                        yield {"type": message.OUTPUT, "id": event["id"],
+                               "attempt": event["attempt"], **chunk}
+                    yield event
                     self._pending.pop(job_id, None)
                     return
+                yield event
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s")

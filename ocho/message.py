@@ -139,16 +139,19 @@ class StartedSchema(Schema):
     ts = fields.Float(required=True, metadata={"description": "unix time"})
 
 
-class OutputSchema(Schema):
-    type = fields.Constant(OUTPUT)
-    id = fields.String(required=True)
-    attempt = fields.Integer(required=True)
+class ChunkSchema(Schema):
     stream = fields.String(required=True, validate=validate.OneOf(STREAMS))
     offset = fields.Integer(
-        required=True,
+        required=True, validate=validate.Range(min=0),
         metadata={"description": "byte offset of data (UTF-8) in the attempt's combined output"},
     )
     data = fields.String(required=True)
+
+
+class OutputSchema(ChunkSchema):
+    type = fields.Constant(OUTPUT)
+    id = fields.String(required=True)
+    attempt = fields.Integer(required=True)
 
 
 class FinishedSchema(Schema):
@@ -164,6 +167,13 @@ class FinishedSchema(Schema):
     )
     reason = fields.String(allow_none=True, load_default=None)
     tool = fields.String(allow_none=True, load_default=None)
+    worker = fields.String(allow_none=True, load_default=None)
+    started_ts = fields.Float(
+        allow_none=True, load_default=None,
+        metadata={"description": "when the tool started (unix time); null if it never did"})
+    output = fields.List(
+        fields.Nested(ChunkSchema), load_default=list,
+        metadata={"description": "the output not sent in `output` events, in offset order"})
     ts = fields.Float(required=True)
 
 

@@ -72,8 +72,19 @@ class Inbox:
                         timeout)
         return next(e for e in self.events_of(job_id) if e["type"] == "finished")
 
+    def chunks_of(self, job_id: str) -> list[dict[str, Any]]:
+        """Output as docs/amqp.md says to read it: `output` events, then what the
+        `finished` event carries."""
+        chunks: list[dict[str, Any]] = []
+        for event in self.events_of(job_id):
+            if event["type"] == "output":
+                chunks.append({k: event[k] for k in ("stream", "offset", "data")})
+            elif event["type"] == "finished":
+                chunks.extend(event["output"])
+        return chunks
+
     def output_of(self, job_id: str) -> str:
-        return "".join(e["data"] for e in self.events_of(job_id) if e["type"] == "output")
+        return "".join(chunk["data"] for chunk in self.chunks_of(job_id))
 
 
 def publish_request(connection: Connection, body: dict[str, Any] | bytes, *, tool: str,
@@ -119,38 +130,73 @@ def connection(stack: Stack) -> Iterator[Connection]:
         yield connection
 
 
-def test_job_events_reach_the_reply_queue_and_ocho_events(connection: Connection):
+def test_a_short_job_sends_one_finished_event_with_its_output(connection: Connection):
     replies = Inbox(connection)
     tap = Inbox(connection, bind_events=True)
     job_id, correlation_id = str(uuid.uuid4()), f"my-ref-{uuid.uuid4().hex[:6]}"
     request = {"id": job_id, "tool": "cat", "args": ["notes.txt"],
                "files": {"notes.txt": base64.b64encode(b"hello over AMQP\n").decode()},
                "timeout": 30}
+    before = time.time()
     publish_request(connection, request, tool="cat", job_id=job_id,
                     correlation_id=correlation_id, reply_to=replies.name)
 
     finished = replies.wait_finished(job_id)
-    events = replies.events_of(job_id)
-    assert [e["type"] for e in events] == ["started", "output", "finished"]
-    started, output = events[0], events[1]
-    assert started["tool"] == "cat" and started["attempt"] == 1 and started["worker"]
-    assert (output["stream"], output["offset"], output["data"]) == ("stdout", 0,
-                                                                    "hello over AMQP\n")
+    # It ended within OCHO_OUTPUT_FLUSH_MS: no `started`, no `output` event.
+    assert [e["type"] for e in replies.events_of(job_id)] == ["finished"]
     assert (finished["state"], finished["exit_code"], finished["attempt"]) == ("succeeded", 0, 1)
     assert finished["truncated"] is False and isinstance(finished["ms"], int)
+    assert finished["output"] == [{"stream": "stdout", "offset": 0, "data": "hello over AMQP\n"}]
+    assert finished["tool"] == "cat" and finished["worker"]
+    assert before <= finished["started_ts"] <= finished["ts"]
+    [message] = replies.messages_of(job_id)
+    assert message.properties["correlation_id"] == correlation_id
+    assert message.content_type == JSON
+    assert message.properties["delivery_mode"] == PERSISTENT
+    assert message.headers["job_id"] == job_id
+    assert message.properties["type"] == "finished"
+
+    # The same event on ocho.events under job.finished.
+    tap.wait_finished(job_id)
+    assert tap.events_of(job_id) == [finished]
+    assert [m.delivery_info["routing_key"] for m in tap.messages_of(job_id)] == ["job.finished"]
+
+
+def test_a_longer_job_streams_started_and_output_before_finished(connection: Connection):
+    replies = Inbox(connection)
+    tap = Inbox(connection, bind_events=True)
+    job_id, correlation_id = str(uuid.uuid4()), f"my-ref-{uuid.uuid4().hex[:6]}"
+    # Prints a line at once, one every 0.5 s, and `done` after 1.2 s.
+    publish_request(connection, {"id": job_id, "tool": "sleep", "args": ["1.2"]}, tool="sleep",
+                    job_id=job_id, correlation_id=correlation_id, reply_to=replies.name)
+
+    # The first line arrives while the tool still runs.
+    replies.wait_until(lambda: "pid=" in replies.output_of(job_id), timeout=10)
+    assert "finished" not in [e["type"] for e in replies.events_of(job_id)]
+    finished = replies.wait_finished(job_id)
+    events = replies.events_of(job_id)
+    types = [e["type"] for e in events]
+    assert types[0] == "started" and types[-1] == "finished"
+    assert set(types[1:-1]) == {"output"} and len(types) >= 4
+    started = events[0]
+    assert started["tool"] == "sleep" and started["attempt"] == 1 and started["worker"]
+    assert started["ts"] == finished["started_ts"]
+    assert finished["state"] == "succeeded"
+    # Offsets run on without gaps from the output events into `finished`.
+    offset = 0
+    for chunk in replies.chunks_of(job_id):
+        assert chunk["offset"] == offset
+        offset += len(chunk["data"].encode())
+    assert replies.output_of(job_id).endswith("tick 3\ndone\n")
     for message in replies.messages_of(job_id):
         assert message.properties["correlation_id"] == correlation_id
-        assert message.content_type == JSON
-        assert message.properties["delivery_mode"] == PERSISTENT
-        assert message.headers["job_id"] == job_id
-    assert [m.properties["type"] for m in replies.messages_of(job_id)] == [
-        "started", "output", "finished"]
+    assert [m.properties["type"] for m in replies.messages_of(job_id)] == types
 
     # The same events, in the same order, on ocho.events under job.<type>.
     tap.wait_finished(job_id)
     assert tap.events_of(job_id) == events
     assert [m.delivery_info["routing_key"] for m in tap.messages_of(job_id)] == [
-        "job.started", "job.output", "job.finished"]
+        f"job.{t}" for t in types]
 
 
 def test_output_offsets_count_utf8_bytes_without_gaps(connection: Connection):
@@ -162,9 +208,9 @@ def test_output_offsets_count_utf8_bytes_without_gaps(connection: Connection):
                     tool="cat", job_id=job_id, correlation_id=job_id, reply_to=replies.name)
     replies.wait_finished(job_id)
     offset = 0
-    for event in [e for e in replies.events_of(job_id) if e["type"] == "output"]:
-        assert event["offset"] == offset
-        offset += len(event["data"].encode())
+    for chunk in replies.chunks_of(job_id):
+        assert chunk["offset"] == offset
+        offset += len(chunk["data"].encode())
     assert replies.output_of(job_id) == text
 
 
@@ -175,8 +221,8 @@ def test_failed_tool_reports_its_exit_code_and_stderr(connection: Connection):
                     tool="exit", job_id=job_id, correlation_id=job_id, reply_to=replies.name)
     finished = replies.wait_finished(job_id)
     assert (finished["state"], finished["exit_code"]) == ("failed", 3)
-    stderr = [e for e in replies.events_of(job_id) if e["type"] == "output"]
-    assert [(e["stream"], e["data"]) for e in stderr] == [("stderr", "went wrong\n")]
+    assert [(c["stream"], c["data"]) for c in replies.chunks_of(job_id)] == [
+        ("stderr", "went wrong\n")]
 
 
 def test_bad_request_is_rejected_on_the_reply_queue_and_dead_lettered(connection: Connection):

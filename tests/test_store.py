@@ -213,6 +213,42 @@ def test_the_workers_own_truncation_notice_is_kept(store: Store) -> None:
     assert store.read_output(job_id).data.endswith("y[worker] output truncated\n")
 
 
+def chunk(offset: int, data: str, stream: str = "stdout") -> dict[str, Any]:
+    return {"stream": stream, "offset": offset, "data": data}
+
+
+def test_a_short_job_is_recorded_from_its_finished_event_alone(store: Store) -> None:
+    job_id = new_id()
+    store.create_job(job_id, "ls", [], timeout=30)
+    assert store.apply_event(finished(job_id, worker="w2", started_ts=100.5, output_bytes=9,
+                                      output=[chunk(0, "out\n"), chunk(4, "err\n", "stderr")]))
+    job = store.get_job(job_id)
+    assert (job.state, job.worker, job.started_at, job.finished_at) == (
+        "succeeded", "w2", 100.5, 101.0)
+    assert (job.output_bytes, job.truncated) == (9, False)
+    result = store.read_output(job_id)
+    assert result.data == "out\nerr\n" and result.finished
+    assert [c.stream for c in result.chunks] == ["stdout", "stderr"]
+    # A replay changes nothing; a started event that arrives late neither.
+    assert not store.apply_event(finished(job_id, output=[chunk(0, "out\n")]))
+    assert not store.apply_event(started(job_id))
+    assert store.read_output(job_id).data == "out\nerr\n"
+
+
+def test_output_in_finished_follows_output_events_and_is_capped(store: Store) -> None:
+    job_id = new_id()
+    store.create_job(job_id, "log", [], timeout=30)
+    store.apply_event(started(job_id))
+    store.apply_event(output(job_id, 0, "a" * 2000))
+    store.apply_event(finished(job_id, output_bytes=2200,
+                               output=[chunk(2000, "b" * 100), chunk(2100, "c" * 100)]))
+    job = store.get_job(job_id)
+    assert (job.truncated, job.output_bytes, job.started_at) == (True, 2200, 100.0)
+    data = store.read_output(job_id).data
+    assert data.startswith("a" * 2000 + "b" * 48)
+    assert data.count("[ocho] output truncated") == 1
+
+
 def test_events_for_an_unknown_job_create_it(store: Store) -> None:
     job_id = new_id()
     store.apply_event(output(job_id, 0, "hi\n"))  # even before its started event

@@ -42,8 +42,12 @@ def test_tool_reads_uploaded_file_and_events_carry_correlation(stack: Stack, cli
     assert result.state == "succeeded"
     assert result.exit_code == 0
     assert result.output == "hello from a file\n"
-    assert [e["type"] for e in result.events][0] == "started"
-    assert result.events[-1]["type"] == "finished"
+    # Done within the output flush interval: one `finished` event carries it all,
+    # and the client hands its output on as an `output` event.
+    output, finished = result.events
+    assert finished["output"] == [{"stream": "stdout", "offset": 0,
+                                   "data": "hello from a file\n"}]
+    assert output == {"type": "output", "id": job_id, "attempt": 1, **finished["output"][0]}
 
 
 def test_non_zero_exit_fails_with_its_code(stack: Stack, client: Client):
@@ -94,7 +98,7 @@ def test_jobs_spread_over_two_workers(stack: Stack, client: Client):
     ids = [client.submit("sleep", ["0.3"]) for _ in range(20)]
     results = [client.wait(job_id, timeout=60) for job_id in ids]
     assert all(r.state == "succeeded" for r in results)
-    workers = {r.events[0]["worker"] for r in results}
+    workers = {r.events[-1]["worker"] for r in results}
     assert len(workers) == 2
 
 

@@ -298,14 +298,11 @@ class Worker:
             self._finish(delivery, job, runner.Outcome(message.CANCELLED, None, 0, False, 0,
                                                        reason="cancelled before it started"))
             return
-        control = self._control_for(job)
+        control = self._control_for(job, delivery)
         with self._lock:
             self._running[job.id] = RunningJob(job, delivery, control)
         try:
             log.info("job %s started: %s attempt %d", job.id, job.tool, job.attempt)
-            self._publish(delivery, {"type": message.STARTED, "id": job.id, "tool": job.tool,
-                                     "attempt": job.attempt, "worker": self.name,
-                                     "ts": time.time()})
 
             def emit(stream: str, offset: int, data: str) -> None:
                 self._publish(delivery, {"type": message.OUTPUT, "id": job.id,
@@ -327,9 +324,10 @@ class Worker:
             return
         self._finish(delivery, job, outcome)
 
-    def _control_for(self, job: runner.Job) -> runner.Control:
+    def _control_for(self, job: runner.Job, delivery: Delivery) -> runner.Control:
         """The tool's process group is known to the reaper (so it dies with this
-        worker) and counted in a pids cgroup for as long as it runs."""
+        worker) and counted in a pids cgroup for as long as it runs; `started` is
+        published once the runner says the job has run long enough to need it."""
 
         def on_spawn(pid: int) -> None:
             self.reaper.track(pid)
@@ -339,7 +337,12 @@ class Worker:
             self.reaper.forget(pid)
             self.process_counter.release(job.id)
 
-        return runner.Control(on_spawn=on_spawn, on_exit=on_exit)
+        def on_running(started_ts: float) -> None:
+            self._publish(delivery, {"type": message.STARTED, "id": job.id, "tool": job.tool,
+                                     "attempt": job.attempt, "worker": self.name,
+                                     "ts": started_ts})
+
+        return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running)
 
     def _parse(self, delivery: Delivery, body: bytes) -> runner.Job:
         # The same caps as over HTTP (gateway.submission), checked before any parsing.
@@ -370,8 +373,8 @@ class Worker:
     def _finish(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome) -> None:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
                  outcome.ms, " (output truncated)" if outcome.truncated else "")
-        self._publish(delivery, _finished_event(job.id, job.tool, delivery.attempt, outcome),
-                      then_ack=True)
+        self._publish(delivery, _finished_event(job.id, job.tool, delivery.attempt, outcome,
+                                                self.name), then_ack=True)
 
     def _reject(self, delivery: Delivery, job_id: str | None, reason: str,
                 tool: str | None = None) -> None:
@@ -379,7 +382,8 @@ class Worker:
         log.warning("job %s rejected: %s", job_id or "(no id)", reason)
         if job_id is not None:
             outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
-            self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome))
+            self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome,
+                                                    self.name))
         self._on_io_thread(delivery, lambda: delivery.channel.basic_reject(delivery.tag,
                                                                            requeue=False))
 
@@ -465,12 +469,13 @@ class Worker:
                       delivery.properties.message_id, describe(exc))
 
 
-def _finished_event(job_id: str, tool: str | None, attempt: int,
-                    outcome: runner.Outcome) -> dict[str, Any]:
+def _finished_event(job_id: str, tool: str | None, attempt: int, outcome: runner.Outcome,
+                    worker: str) -> dict[str, Any]:
     return {"type": message.FINISHED, "id": job_id, "tool": tool, "attempt": attempt,
             "state": outcome.state, "exit_code": outcome.exit_code, "ms": outcome.ms,
             "truncated": outcome.truncated, "output_bytes": outcome.output_bytes,
-            "reason": outcome.reason, "ts": time.time()}
+            "reason": outcome.reason, "worker": worker, "started_ts": outcome.started_ts,
+            "output": outcome.tail, "ts": time.time()}
 
 
 def _identify(delivery: Delivery, body: bytes) -> tuple[str | None, str | None]:

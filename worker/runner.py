@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ocho import message
 from ocho.settings import Settings
@@ -35,6 +36,7 @@ TRUNCATION_NOTE_ROOM = 256
 DRAIN_SECONDS = 2.0
 
 Emit = Callable[[str, int, str], None]  # (stream, offset, data)
+Chunk = dict[str, Any]  # {stream, offset, data}: output that rides in the `finished` event
 
 
 @dataclasses.dataclass
@@ -55,6 +57,10 @@ class Outcome:
     truncated: bool
     output_bytes: int
     reason: str | None = None
+    # The output not yet sent when the tool ended, for the `finished` event.
+    tail: list[Chunk] = dataclasses.field(default_factory=list)
+    # When the tool started (Unix time); None if it never did.
+    started_ts: float | None = None
 
 
 @dataclasses.dataclass
@@ -67,6 +73,10 @@ class Control:
     abandon: bool = False
     on_spawn: Callable[[int], None] | None = None
     on_exit: Callable[[int], None] | None = None
+    # Called once with the tool's start time (Unix), before its first output
+    # event or once it has run for the output flush interval, whichever comes
+    # first; never for a job that ends sooner: its `finished` says it all.
+    on_running: Callable[[float], None] | None = None
 
 
 class OutputSink:
@@ -114,23 +124,38 @@ class OutputSink:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
     def due(self) -> bool:
         return bool(self._pending) and time.monotonic() - self._pending_since >= self._flush_seconds
 
     def flush(self) -> None:
+        chunk = self._take()
+        if chunk is not None:
+            self._emit(chunk["stream"], chunk["offset"], chunk["data"])
+
+    def tail(self, note: str | None = None) -> list[Chunk]:
+        """What is still pending, and then `note` (a line from the portal itself,
+        on the `ocho` stream), as chunks for the `finished` event instead of
+        events of their own."""
+        chunks = [chunk for chunk in (self._take(),) if chunk is not None]
+        if note:
+            chunks.append({"stream": "ocho", "offset": self.kept, "data": note})
+            self.kept += len(note.encode())
+        return chunks
+
+    def _take(self) -> Chunk | None:
+        chunk = None
         if self._pending and self._pending_stream is not None:
-            data = "".join(self._pending)
-            self._emit(self._pending_stream, self.kept, data)
+            chunk = {"stream": self._pending_stream, "offset": self.kept,
+                     "data": "".join(self._pending)}
             self.kept += self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
         self._pending_stream = None
-
-    def note(self, text: str) -> None:
-        """A line from the portal itself, on the `ocho` stream."""
-        self.flush()
-        self._emit("ocho", self.kept, text)
-        self.kept += len(text.encode())
+        return chunk
 
 
 def tool_path(settings: Settings, tool: str) -> Path | None:
@@ -227,9 +252,32 @@ def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class Announcement:
+    """Tells the consumer once that the tool runs (Control.on_running)."""
+
+    def __init__(self, control: Control, flush_seconds: float) -> None:
+        self._on_running = control.on_running
+        self.started_ts = time.time()
+        self.due_at = time.monotonic() + flush_seconds
+        self.done = self._on_running is None
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.done = True
+            assert self._on_running is not None
+            self._on_running(self.started_ts)
+
+
 def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir: str,
             script_name: str, started: float) -> Outcome:
-    sink = OutputSink(emit, settings.output_cap, settings.output_flush_ms / 1000)
+    flush_seconds = settings.output_flush_ms / 1000
+    announce = Announcement(control, flush_seconds)
+
+    def emit_running(stream: str, offset: int, data: str) -> None:
+        announce()
+        emit(stream, offset, data)
+
+    sink = OutputSink(emit_running, settings.output_cap, flush_seconds)
     try:
         proc = subprocess.Popen(
             [*tool_interpreter(), script_name, *job.args],
@@ -248,7 +296,7 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
     if control.on_spawn:
         control.on_spawn(proc.pid)
     try:
-        state, reason = _stream(settings, job, proc, sink, control)
+        state, reason = _stream(settings, job, proc, sink, control, announce)
     finally:
         # Whatever the tool left behind in its group dies with the job.
         kill_group(proc.pid, signal.SIGKILL)
@@ -256,20 +304,22 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
             proc.wait()
         if control.on_exit:
             control.on_exit(proc.pid)
-    sink.flush()
+    note = None
     if sink.truncated:
-        sink.note(f"\n[ocho] output truncated: kept the first {sink.kept} bytes of "
-                  f"{sink.produced}; raise OCHO_OUTPUT_CAP to keep more\n")
+        note = (f"\n[ocho] output truncated: kept the first {sink.kept + sink.pending_bytes} "
+                f"bytes of {sink.produced}; raise OCHO_OUTPUT_CAP to keep more\n")
+    tail = sink.tail(note)
     exit_code = proc.returncode
     if state is None:
         state = message.SUCCEEDED if exit_code == 0 else message.FAILED
         if exit_code is not None and exit_code < 0:
             reason = f"killed by signal {signal.Signals(-exit_code).name}"
-    return Outcome(state, exit_code, _ms(started), sink.truncated, sink.produced, reason)
+    return Outcome(state, exit_code, _ms(started), sink.truncated, sink.produced, reason,
+                   tail, announce.started_ts)
 
 
 def _stream(settings: Settings, job: Job, proc: subprocess.Popen[bytes], sink: OutputSink,
-            control: Control) -> tuple[str | None, str | None]:
+            control: Control, announce: Announcement) -> tuple[str | None, str | None]:
     """Pump both pipes until they close; returns a forced state, if any."""
     assert proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + job.timeout
@@ -295,7 +345,9 @@ def _stream(settings: Settings, job: Job, proc: subprocess.Popen[bytes], sink: O
                 drain_until = now + DRAIN_SECONDS
             if drain_until is not None and now > drain_until:
                 break
-            wait = 0.05 if sink.has_pending else 0.1
+            if not announce.done and now >= announce.due_at:
+                announce()
+            wait = 0.05 if sink.has_pending or not announce.done else 0.1
             for key, _ in selector.select(timeout=min(wait, max(deadline - now, 0.001))):
                 data = os.read(key.fd, READ_SIZE)
                 if data:
