@@ -22,6 +22,7 @@ run: install services
 	scripts/run-stack
 
 test: install services
+	scripts/ensure-test-tools
 	$(VENV)/bin/pytest -q
 
 bench: install services
