@@ -299,6 +299,14 @@ class Worker:
                                                        reason="cancelled before it started"))
             return
         control = self._control_for(job, delivery)
+        reported = False
+
+        def report(outcome: runner.Outcome) -> None:
+            nonlocal reported
+            reported = True
+            self._report(delivery, job, outcome, control)
+
+        control.on_outcome = report
         with self._lock:
             self._running[job.id] = RunningJob(job, delivery, control)
         try:
@@ -317,8 +325,13 @@ class Worker:
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
+        if not reported:
+            self._report(delivery, job, outcome, control)
+
+    def _report(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome,
+                control: runner.Control) -> None:
         if control.abandon:
-            return
+            return  # killed, not finished: the broker delivers it again
         if outcome.state == message.REJECTED:
             self._reject(delivery, job.id, outcome.reason or "rejected", job.tool)
             return

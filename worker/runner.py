@@ -77,6 +77,8 @@ class Control:
     # event or once it has run for the output flush interval, whichever comes
     # first; never for a job that ends sooner: its `finished` says it all.
     on_running: Callable[[float], None] | None = None
+    # Called with the outcome of a job that ran, before its directory is removed.
+    on_outcome: Callable[[Outcome], None] | None = None
 
 
 class OutputSink:
@@ -246,9 +248,17 @@ def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None
         return Outcome(message.REJECTED, None, 0, False, 0,
                        reason=f"file name {script.name!r} would overwrite the tool script")
     workdir = prepare_workdir(settings, job, script)
+    spawned: list[int] = []
     try:
-        return _run_in(settings, job, emit, control, workdir, script.name, started)
+        outcome = _run_in(settings, job, emit, control, workdir, script.name, started, spawned)
+        if control.on_outcome:
+            # The tool's processes are dead: the result need not wait for the clean-up.
+            control.on_outcome(outcome)
+        return outcome
     finally:
+        if control.on_exit:
+            for pid in spawned:
+                control.on_exit(pid)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -269,7 +279,7 @@ class Announcement:
 
 
 def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir: str,
-            script_name: str, started: float) -> Outcome:
+            script_name: str, started: float, spawned: list[int]) -> Outcome:
     flush_seconds = settings.output_flush_ms / 1000
     announce = Announcement(control, flush_seconds)
 
@@ -293,6 +303,7 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
         return Outcome(message.FAILED, None, _ms(started), False, 0,
                        reason=f"could not start the tool: {exc.strerror}")
     limits.apply_rlimits(proc.pid, settings, job.timeout)
+    spawned.append(proc.pid)
     if control.on_spawn:
         control.on_spawn(proc.pid)
     try:
@@ -302,8 +313,6 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
         kill_group(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.wait()
-        if control.on_exit:
-            control.on_exit(proc.pid)
     note = None
     if sink.truncated:
         note = (f"\n[ocho] output truncated: kept the first {sink.kept + sink.pending_bytes} "
