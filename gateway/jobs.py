@@ -194,13 +194,15 @@ def _await(portal: Services, job_id: str, wait: float, done: Callable[[Job], boo
     try:
         with portal.notifier.watch(job_id) as watch:
             while True:
+                # Read after the watch is registered: a change recorded since the
+                # first read must not wait for the next recheck.
+                job = portal.store.get_job(job_id)
+                if done(job):
+                    return job
                 left = deadline - time.monotonic()
                 if left <= 0 or watch.closing:
                     return job
                 watch.wait(min(left, RECHECK_S))
-                job = portal.store.get_job(job_id)
-                if done(job):
-                    return job
     finally:
         portal.waiting_slots.release()
 
