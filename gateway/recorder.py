@@ -112,11 +112,12 @@ class Recorder(BrokerThread):
                 backoff.delay = min(backoff.delay * 2, 10.0)
                 if self._stopping.is_set():
                     return  # unacked: the broker redelivers them to the next recorder
+        # Committed: waiting requests may read it now, before the ack's round trip.
+        if changed:
+            self.notifier.notify(changed)
         # Every delivery up to this tag on this channel is in this batch or was acked.
         channel.basic_ack(delivery_tag=max(d.tag for d in batch), multiple=True)
         self.recorded += len(batch)
-        if changed:
-            self.notifier.notify(changed)
 
     def _apply(self, batch: list[Delivery]) -> set[str]:
         """Apply the batch in one transaction; if one item breaks it, apply them one by one
