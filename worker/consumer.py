@@ -426,10 +426,11 @@ class Worker:
                 delivery.channel.basic_nack(delivery.tag, requeue=True)
 
         def send() -> None:
-            self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
-                       settle if then_ack else None)
+            # The reply queue first: a waiting client is the one in a hurry.
             if reply_to:
                 self._send("", reply_to, body, properties)
+            self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
+                       settle if then_ack else None)
 
         self._on_io_thread(delivery, send)
 
