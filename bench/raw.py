@@ -42,7 +42,8 @@ def _runner_body(tool: str, args: tuple[str, ...] = ()) -> int:
     outcome = runner.run(settings, runner.Job(str(uuid.uuid4()), tool, list(args), {}, 60), emit)
     if outcome.state != "succeeded":
         raise RuntimeError(f"{tool}: {outcome}")
-    return kept
+    # The end of the output comes with the outcome (the worker's `finished` event).
+    return kept + sum(len(chunk["data"]) for chunk in outcome.tail)
 
 
 def measure(cfg: Any, variant: str) -> dict[str, Any]:
