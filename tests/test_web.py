@@ -145,6 +145,7 @@ def test_metrics_count_jobs_and_submissions(stack: Stack) -> None:
     assert after['ocho_jobs{state="queued"}'] == 0
     assert after['ocho_gateway_broker_connected{connection="publisher"}'] == 1
     assert after['ocho_gateway_broker_connected{connection="recorder"}'] == 1
-    assert grew("ocho_gateway_recorder_deliveries_total") >= 6  # started, output, finished ×2
+    # At least a finished event each (a short job sends nothing else).
+    assert grew("ocho_gateway_recorder_deliveries_total") >= 2
     assert after["ocho_gateway_waiting_slots"] >= 1
     assert after["ocho_gateway_waiting_slots_in_use"] == 0
