@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2, help="job slots per worker")
     parser.add_argument("--celery-pool", default="prefork", choices=("prefork", "threads"))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure everything N times, interleaved, and report for each "
+                        "system the repetition with the median ratio to the floor measured "
+                        "just before it (1; the README's tables use 3): the machine's speed "
+                        "drifts over minutes")
     parser.add_argument("--quick", action="store_true", help="fewer jobs: under 2 minutes")
     parser.add_argument("--only", default=",".join(SYSTEMS),
                         help=f"comma-separated subset of {', '.join(SYSTEMS)}")
@@ -142,6 +147,20 @@ def compare(record: dict[str, Any], floor: dict[str, Any] | None) -> None:
     }
 
 
+def median_run(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of one system's repetitions, the one with the median throughput ratio (the
+    floor: median jobs/s), carrying every repetition's ratio for the record."""
+    def key(record: dict[str, Any]) -> float:
+        return float(record["vs_raw"]["throughput"] if "vs_raw" in record
+                     else record["noop"]["jobs_per_s"])
+
+    chosen = sorted(measured, key=key)[(len(measured) - 1) // 2]
+    if len(measured) > 1:
+        chosen["throughput_ratio_all"] = [record.get("vs_raw", {}).get("throughput")
+                                          for record in measured]
+    return chosen
+
+
 def _mem(record: dict[str, Any], key: str) -> str:
     memory = record.get(key)
     return f"{memory['rss_mb']:.0f}/{memory['pss_mb']:.0f}" if memory else "-"
@@ -221,23 +240,30 @@ def main(argv: list[str] | None = None) -> int:
     if load > 0.5:
         print(f"# warning: load average {load:.1f} before the run: other work shares these "
               f"{os.cpu_count()} cores and moves the figures", file=sys.stderr, flush=True)
-    records: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     try:
-        for system in SYSTEMS:
-            if system not in cfg.only:
-                continue
-            print(f"# {system} …", file=sys.stderr, flush=True)
-            load = os.getloadavg()[0]
-            record = measure(system, cfg)
-            # Anything else running takes CPU from the tools and the portal alike,
-            # but not in the same proportion: ratios from a busy machine mislead.
-            record["loadavg_1m_before"] = round(load, 2)
-            compare(record, records.get(FLOOR))
-            records[system] = record
-            print(json.dumps(record), flush=True)
+        for repetition in range(1, cfg.repeat + 1):
+            floor: dict[str, Any] | None = None
+            for system in SYSTEMS:
+                if system not in cfg.only:
+                    continue
+                print(f"# {system} …" + (f" (repetition {repetition})" if cfg.repeat > 1
+                                         else ""), file=sys.stderr, flush=True)
+                load = os.getloadavg()[0]
+                record = measure(system, cfg)
+                # Anything else running takes CPU from the tools and the portal alike,
+                # but not in the same proportion: ratios from a busy machine mislead.
+                record["loadavg_1m_before"] = round(load, 2)
+                record["repetition"] = repetition
+                if system == FLOOR:
+                    floor = record
+                compare(record, floor)
+                runs.setdefault(system, []).append(record)
+                print(json.dumps(record), flush=True)
     except KeyboardInterrupt:
         print("interrupted: stopped what was started and deleted the vhosts", file=sys.stderr)
         return 130
+    records = {system: median_run(measured) for system, measured in runs.items()}
     print()
     print(table(list(records.values())))
     print()
