@@ -4,6 +4,8 @@ YAML, names, cluster patterns, scale factors, error messages."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +73,12 @@ def test_the_original_zookeeper_definition_with_empty_settings() -> None:
      "x.yml: settings: when: key True must be a string"),
     ({"cluster": "x", "image": "y", "settings": {"a": b"bytes"}}, "cannot be sent as JSON"),
     ({"cluster": "x", "image": "y", "debug": True}, "x.yml: debug: unknown field; allowed"),
+    ({"cluster": "x", "image": "y", "ports": None}, "x.yml: ports: is empty (null)"),
+    ({"cluster": "x", "image": "y", "resources": ["cpu"]},
+     "x.yml: resources: must be a mapping with requests, limits, got a list"),
+    ({"cluster": "x", "image": "y", "resources": {"limits": {"gpu": 1}}},
+     "x.yml: resources.limits.gpu: unknown field; allowed fields are cpu, memory"),
+    ({"cluster": "x", "image": "y", "labels": {"a": 1, "b": "c d"}}, "value 'c d' of 'b'"),
     ([1, 2], "x.yml: must be a mapping of fields"),
     (None, "x.yml: is empty"),
 ])
@@ -81,6 +89,16 @@ def test_each_problem_names_the_file_and_field(data: Any, expected: str) -> None
 def test_every_problem_of_a_definition_is_reported_at_once() -> None:
     problems = problems_of({"cluster": "Bad", "ports": [0], "extra": 1})
     assert len(problems) == 4  # cluster, image, ports[0], extra
+
+
+def test_checking_a_definition_imports_no_schema_library() -> None:
+    # deploy starts once per job: marshmallow alone cost it half its start-up.
+    probe = ("import sys, ocho.kube.definition as d; d.validate({'cluster': 'a', 'image': 'b'},"
+             " 'a.yml'); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('marshmallow', 'kubernetes', 'pydantic')))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_settings_keep_nested_data_and_dates_become_text() -> None:

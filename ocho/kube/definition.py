@@ -11,7 +11,7 @@
     args:     ["exec zkServer.sh start-foreground"]
     labels:   {team: data}               # extra Kubernetes labels
 
-The marshmallow schema below is the single definition of what is valid. Every
+`check_definition` below is the single definition of what is valid. Every
 problem is reported, each naming the file and the field, so that a batch can
 be fixed in one go.
 """
@@ -24,12 +24,10 @@ import glob
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-
-from marshmallow import Schema, ValidationError, fields, validates, validates_schema
 
 from ocho.kube import labels as ocho_labels
 from ocho.kube import safeyaml
@@ -97,57 +95,63 @@ def _type_name(value: Any) -> str:
     return f"{value!r}"
 
 
-class Text(fields.Field):
+class Invalid(Exception):
+    """A value that breaks a rule: its problems as (path below the value, message)."""
+
+    def __init__(self, message: str | list[str], path: str = "") -> None:
+        super().__init__(message)
+        messages = message if isinstance(message, list) else [message]
+        self.problems = [(path, text) for text in messages]
+        # What a container kept of its good items, so that rules on the whole
+        # can still speak about those.
+        self.kept: Any = None
+
+
+# Each check takes a value as YAML gave it and returns it as the definition keeps
+# it, or raises Invalid. A container's check reports every bad item at once.
+Check = Callable[[Any], Any]
+
+
+def text(what: str = "a string") -> Check:
     """A string and only a string (YAML turns `on`, `1.10` or `2024-01-01` into other types)."""
 
-    def __init__(self, what: str = "a string", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.what = what
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+    def check(value: Any) -> str:
         if not isinstance(value, str):
-            raise ValidationError(f"must be {self.what}, got {_type_name(value)}; "
-                                  "quote it if YAML read it as another type")
+            raise Invalid(f"must be {what}, got {_type_name(value)}; "
+                          "quote it if YAML read it as another type")
         return value
+    return check
 
 
-class WholeNumber(fields.Field):
-    def __init__(self, low: int, high: int | None = None, what: str = "a whole number",
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.low, self.high, self.what = low, high, what
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+def whole_number(low: int, high: int | None = None, what: str = "a whole number") -> Check:
+    def check(value: Any) -> int:
         in_range = (isinstance(value, int) and not isinstance(value, bool)
-                    and value >= self.low and (self.high is None or value <= self.high))
+                    and value >= low and (high is None or value <= high))
         if not in_range:
-            bounds = f"from {self.low}" if self.high is None else f"{self.low}-{self.high}"
-            raise ValidationError(f"must be {self.what} ({bounds}), got {_type_name(value)}")
+            bounds = f"from {low}" if high is None else f"{low}-{high}"
+            raise Invalid(f"must be {what} ({bounds}), got {_type_name(value)}")
         return value
+    return check
 
 
-class Quantity(fields.Field):
+def quantity(value: Any) -> str:
     """A Kubernetes quantity such as `250m`, `0.5`, `512Mi` or `1G`."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            value = str(value)
-        if not isinstance(value, str) or not QUANTITY.match(value):
-            raise ValidationError(f"must be a quantity such as 250m, 0.5, 512Mi or 2Gi, "
-                                  f"got {_type_name(value)}")
-        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        value = str(value)
+    if not isinstance(value, str) or not QUANTITY.match(value):
+        raise Invalid(f"must be a quantity such as 250m, 0.5, 512Mi or 2Gi, "
+                      f"got {_type_name(value)}")
+    return value
 
 
-class JsonData(fields.Field):
+def json_data(value: Any) -> Any:
     """Nested plain data that JSON can carry: mappings with string keys, lists,
     strings, finite numbers, booleans and null. Dates become ISO strings."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise ValidationError(f"must be a mapping of settings, got {_type_name(value)}")
-        return _plain(value, "")
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise Invalid(f"must be a mapping of settings, got {_type_name(value)}")
+    return _plain(value, "")
 
 
 def _plain(value: Any, path: str) -> Any:
@@ -156,116 +160,222 @@ def _plain(value: Any, path: str) -> Any:
         plain = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValidationError(f"{where}key {key!r} must be a string; quote it")
+                raise Invalid(f"{where}key {key!r} must be a string; quote it")
             plain[key] = _plain(item, f"{path}.{key}" if path else key)
         return plain
     if isinstance(value, (list, tuple)):
         return [_plain(item, f"{path}[{index}]") for index, item in enumerate(value)]
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError(f"{where}{value} cannot be sent as JSON; use a string")
+        raise Invalid(f"{where}{value} cannot be sent as JSON; use a string")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, (datetime.date, datetime.datetime)):
         return value.isoformat()
-    raise ValidationError(f"{where}{_type_name(value)} cannot be sent as JSON "
-                          "(binary data and sets are not allowed)")
+    raise Invalid(f"{where}{_type_name(value)} cannot be sent as JSON "
+                  "(binary data and sets are not allowed)")
 
 
-def _unknown(allowed: Iterable[str]) -> dict[str, str]:
-    return {"unknown": f"unknown field; allowed fields are {', '.join(allowed)}"}
+def list_of(item: Check, invalid: str) -> Check:
+    def check(value: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise Invalid(invalid)
+        return _each([(f"[{index}]", element, item) for index, element in enumerate(value)])
+    return check
 
 
-# -- the schema -------------------------------------------------------------------------
+def mapping_of(key: Check, item: Check, invalid: str) -> Check:
+    def check(value: Any) -> dict[Any, Any]:
+        if not isinstance(value, Mapping):
+            raise Invalid(invalid)
+        problems: list[tuple[str, str]] = []
+        kept = {}
+        for name, element in value.items():
+            where, good = f".{name}", True
+            for part, checker in ((name, key), (element, item)):
+                try:
+                    checker(part)
+                except Invalid as exc:  # a bad name and a bad value are both worth saying
+                    problems += _under(where, exc)
+                    good = False
+            if good:
+                kept[key(name)] = item(element)
+        if problems:
+            raise _many(problems, kept)
+        return kept
+    return check
 
-class ResourceListSchema(Schema):
-    error_messages = _unknown(("cpu", "memory"))
-    cpu = Quantity()
-    memory = Quantity()
 
+def fields_of(checks: dict[str, Check], *, required: dict[str, str] | None = None,
+              allowed: Iterable[str] | None = None, nullable: Iterable[str] = (),
+              then: Callable[[dict[str, Any]], None] | None = None) -> Check:
+    """A mapping with the named fields, each checked; unknown fields and missing
+    required ones are problems too. `then` checks the fields together, once each
+    is valid on its own."""
+    allowed_names = tuple(allowed or checks)
 
-class ResourcesSchema(Schema):
-    error_messages = _unknown(("requests", "limits"))
-    requests = fields.Nested(ResourceListSchema)
-    limits = fields.Nested(ResourceListSchema)
-
-    @validates_schema
-    def _requests_within_limits(self, data: dict[str, Any], **_: Any) -> None:
-        for name, limit in (data.get("limits") or {}).items():
-            request = (data.get("requests") or {}).get(name)
-            if request is not None and quantity_value(request) > quantity_value(limit):
-                raise ValidationError(f"{request} is above limits.{name} ({limit})",
-                                      field_name=f"requests.{name}")
-
-
-class DefinitionSchema(Schema):
-    error_messages = _unknown(FIELDS)
-
-    cluster = Text(required=True, what="the cluster name",
-                   error_messages={"required": "required: the Ochopod cluster name, e.g. "
-                                               "'zookeeper'"})
-    image = Text(required=True, what="a Docker image name",
-                 error_messages={"required": "required: the Docker image to run, e.g. "
-                                             "'paugamo/k8s-ec2-zookeeper'"})
-    ports = fields.List(WholeNumber(1, 65535, what="a TCP port number"),
-                        error_messages={"invalid": "must be a list of port numbers (1-65535)"})
-    settings = JsonData(allow_none=True)
-    pods = WholeNumber(0, what="a pod count")
-    env = fields.Dict(keys=Text(what="a variable name"), values=Text(),
-                      error_messages={"invalid": "must be a mapping of variable name -> string"})
-    resources = fields.Nested(ResourcesSchema)
-    command = fields.List(Text(), error_messages={"invalid": "must be a list of strings"})
-    args = fields.List(Text(), error_messages={"invalid": "must be a list of strings"})
-    labels = fields.Dict(keys=Text(what="a label key"), values=Text(what="a label value"),
-                         error_messages={"invalid": "must be a mapping of label key -> value"})
-
-    @validates("cluster")
-    def _check_cluster(self, value: str, **_: Any) -> None:
-        if not is_dns1123_label(value):
-            raise ValidationError(f"{value!r} {DNS1123_LABEL_RULE}")
-
-    @validates("image")
-    def _check_image(self, value: str, **_: Any) -> None:
-        if not value or any(char.isspace() for char in value):
-            raise ValidationError(f"{value!r} is not an image name: it must be non-empty "
-                                  "without spaces, e.g. 'redis:7'")
-
-    @validates("ports")
-    def _check_ports(self, value: list[int], **_: Any) -> None:
-        duplicates = sorted({port for port in value if value.count(port) > 1})
-        if duplicates:
-            raise ValidationError(f"port(s) {', '.join(map(str, duplicates))} listed more "
-                                  "than once")
-
-    @validates("env")
-    def _check_env(self, value: dict[str, str], **_: Any) -> None:
-        problems = []
+    def check(value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise Invalid(f"must be a mapping with {', '.join(allowed_names)}, "
+                          f"got {_type_name(value)}")
+        problems: list[tuple[str, str]] = []
+        kept: dict[str, Any] = {}
+        for name, field_check in checks.items():
+            if name not in value:
+                if required and name in required:
+                    problems.append((f".{name}", required[name]))
+                continue
+            if value[name] is None and name not in nullable:
+                problems.append((f".{name}", "is empty (null): give it a value or leave it out"))
+                continue
+            try:
+                kept[name] = field_check(value[name])
+            except Invalid as exc:
+                problems += _under(f".{name}", exc)
         for name in value:
-            if name in RESERVED_ENV:
-                problems.append(f"{name!r} is set by deploy (reserved: "
-                                f"{', '.join(RESERVED_ENV)}); put container settings under "
-                                "'settings'")
-            elif not ENV_NAME.match(name):
-                problems.append(f"{name!r} is not a variable name: letters, digits, '_', '-' "
-                                "or '.', not starting with a digit")
+            if name not in checks:
+                problems.append((f".{name}", f"unknown field; allowed fields are "
+                                            f"{', '.join(allowed_names)}"))
+        if not problems and then is not None:
+            then(kept)
         if problems:
-            raise ValidationError(problems)
+            raise _many(problems)
+        return kept
+    return check
 
-    @validates("labels")
-    def _check_labels(self, value: dict[str, str], **_: Any) -> None:
-        problems = []
-        for key, label in value.items():
-            if key.startswith(ocho_labels.PREFIX) or key == ocho_labels.MANAGED_BY:
-                problems.append(f"{key!r} is set by deploy; the {ocho_labels.PREFIX} prefix is "
-                                "reserved")
-            elif problem := label_key_problem(key):
-                problems.append(f"key {key!r}: {problem}")
-            elif problem := label_value_problem(label):
-                problems.append(f"value {label!r} of {key!r} {problem}")
+
+def _each(items: list[tuple[str, Any, Check]]) -> list[Any]:
+    problems: list[tuple[str, str]] = []
+    kept = []
+    for where, element, item in items:
+        try:
+            kept.append(item(element))
+        except Invalid as exc:
+            problems += _under(where, exc)
+    if problems:
+        raise _many(problems, kept)
+    return kept
+
+
+def _under(prefix: str, exc: Invalid) -> list[tuple[str, str]]:
+    """The problems of a part, with their paths under the part's own: a path is
+    `.field`, `.key` and `[index]` steps (`.ports` + `[1]`)."""
+    return [(prefix + path, message) for path, message in exc.problems]
+
+
+def _many(problems: list[tuple[str, str]], kept: Any = None) -> Invalid:
+    invalid = Invalid([])
+    invalid.problems, invalid.kept = problems, kept
+    return invalid
+
+
+def then_checked(check: Check, *rules: Callable[[Any], None]) -> Check:
+    """`check`, and then rules on the value it kept (a container's good items,
+    if some were bad)."""
+    def checked(value: Any) -> Any:
+        problems: list[tuple[str, str]] = []
+        try:
+            kept = check(value)
+        except Invalid as exc:
+            if exc.kept is None:
+                raise
+            kept, problems = exc.kept, list(exc.problems)
+        for rule in rules:
+            try:
+                rule(kept)
+            except Invalid as exc:
+                problems += exc.problems
         if problems:
-            raise ValidationError(problems)
+            raise _many(problems)
+        return kept
+    return checked
 
 
-_schema = DefinitionSchema()
+# -- the rules ----------------------------------------------------------------------------
+
+def _cluster_rule(value: str) -> None:
+    if not is_dns1123_label(value):
+        raise Invalid(f"{value!r} {DNS1123_LABEL_RULE}")
+
+
+def _image_rule(value: str) -> None:
+    if not value or any(char.isspace() for char in value):
+        raise Invalid(f"{value!r} is not an image name: it must be non-empty "
+                      "without spaces, e.g. 'redis:7'")
+
+
+def _ports_rule(value: list[int]) -> None:
+    duplicates = sorted({port for port in value if value.count(port) > 1})
+    if duplicates:
+        raise Invalid(f"port(s) {', '.join(map(str, duplicates))} listed more than once")
+
+
+def _env_rule(value: dict[str, str]) -> None:
+    problems = []
+    for name in value:
+        if name in RESERVED_ENV:
+            problems.append(f"{name!r} is set by deploy (reserved: "
+                            f"{', '.join(RESERVED_ENV)}); put container settings under "
+                            "'settings'")
+        elif not ENV_NAME.match(name):
+            problems.append(f"{name!r} is not a variable name: letters, digits, '_', '-' "
+                            "or '.', not starting with a digit")
+    if problems:
+        raise Invalid(problems)
+
+
+def _labels_rule(value: dict[str, str]) -> None:
+    problems = []
+    for key, label in value.items():
+        if key.startswith(ocho_labels.PREFIX) or key == ocho_labels.MANAGED_BY:
+            problems.append(f"{key!r} is set by deploy; the {ocho_labels.PREFIX} prefix is "
+                            "reserved")
+        elif problem := label_key_problem(key):
+            problems.append(f"key {key!r}: {problem}")
+        elif problem := label_value_problem(label):
+            problems.append(f"value {label!r} of {key!r} {problem}")
+    if problems:
+        raise Invalid(problems)
+
+
+def _requests_within_limits(resources: dict[str, Any]) -> None:
+    for name, limit in (resources.get("limits") or {}).items():
+        request = (resources.get("requests") or {}).get(name)
+        if request is not None and quantity_value(request) > quantity_value(limit):
+            raise Invalid(f"{request} is above limits.{name} ({limit})",
+                          path=f".requests.{name}")
+
+
+_resource_list = fields_of({"cpu": quantity, "memory": quantity})
+_strings = list_of(text(), "must be a list of strings")
+
+# What a definition may hold. Checked by hand, not by a schema library: a tool
+# starts once per job, and importing marshmallow cost deploy half its start-up.
+check_definition = fields_of(
+    {
+        "cluster": then_checked(text("the cluster name"), _cluster_rule),
+        "image": then_checked(text("a Docker image name"), _image_rule),
+        "ports": then_checked(list_of(whole_number(1, 65535, what="a TCP port number"),
+                                      "must be a list of port numbers (1-65535)"), _ports_rule),
+        "settings": json_data,
+        "pods": whole_number(0, what="a pod count"),
+        "env": then_checked(mapping_of(text("a variable name"), text(),
+                                       "must be a mapping of variable name -> string"),
+                            _env_rule),
+        "resources": fields_of({"requests": _resource_list, "limits": _resource_list},
+                               then=_requests_within_limits),
+        "command": _strings,
+        "args": _strings,
+        "labels": then_checked(mapping_of(text("a label key"), text("a label value"),
+                                          "must be a mapping of label key -> value"),
+                               _labels_rule),
+    },
+    required={
+        "cluster": "required: the Ochopod cluster name, e.g. 'zookeeper'",
+        "image": "required: the Docker image to run, e.g. 'paugamo/k8s-ec2-zookeeper'",
+    },
+    allowed=FIELDS,
+    nullable=("settings",),
+)
 
 
 def quantity_value(text: str) -> Decimal:
@@ -290,10 +400,11 @@ def validate(data: Any, source: str) -> Definition:
         raise DefinitionError([f"{source}: must be a mapping of fields ({', '.join(FIELDS)}), "
                                f"got {_type_name(data)}"])
     try:
-        loaded = _schema.load(dict(data))
-    except ValidationError as exc:
-        raise DefinitionError([f"{source}: {field}: {problem}" if field else f"{source}: {problem}"
-                               for field, problem in flatten_errors(exc.messages)]) from None
+        loaded = check_definition(data)
+    except Invalid as exc:
+        raise DefinitionError([f"{source}: {field.removeprefix('.')}: {problem}" if field
+                               else f"{source}: {problem}"
+                               for field, problem in exc.problems]) from None
     return Definition(
         source=source,
         cluster=loaded["cluster"],
@@ -308,26 +419,6 @@ def validate(data: Any, source: str) -> Definition:
         args=tuple(loaded["args"]) if loaded.get("args") is not None else None,
         labels=dict(loaded.get("labels") or {}),
     )
-
-
-def flatten_errors(messages: Any, path: str = "") -> list[tuple[str, str]]:
-    """marshmallow's nested error dict as (field path, message) pairs: `ports[1]`, `env.X`."""
-    if isinstance(messages, Mapping):
-        found = []
-        for key, value in messages.items():
-            if key == "_schema":
-                found += flatten_errors(value, path)
-            elif isinstance(key, int):
-                found += flatten_errors(value, f"{path}[{key}]")
-            elif key in ("key", "value") and path and isinstance(value, list):
-                # A Dict field's problem with one entry's key or value.
-                found += flatten_errors(value, path)
-            else:
-                found += flatten_errors(value, f"{path}.{key}" if path else str(key))
-        return found
-    if isinstance(messages, list):
-        return [pair for message in messages for pair in flatten_errors(message, path)]
-    return [(path, str(messages))]
 
 
 # -- overrides ----------------------------------------------------------------------------
