@@ -635,6 +635,9 @@ class StoreTransaction:
 
     def _finished(self, job: Job, event: dict[str, Any], ts: float) -> bool:
         if job.terminal:
+            if (job.state == CANCELLED and job.started_at is None
+                    and event.get("started_ts") is not None):
+                return self._ran_despite_cancel(job, event)
             return False  # the first terminal state wins
         # A short job sends neither `started` nor `output`: its finished event has both.
         values: dict[str, Any] = {}
@@ -658,6 +661,25 @@ class StoreTransaction:
             reason=_text(event.get("reason")),
             finished_at=ts,
         )
+        return True
+
+    def _ran_despite_cancel(self, job: Job, event: dict[str, Any]) -> bool:
+        """The gateway cancelled a job it saw queued, but a worker had already started
+        it. The state stays `cancelled` (the first terminal state wins); the record
+        says that the tool ran, how it ended, and what it printed."""
+        for chunk in event.get("output") or ():
+            written, _kept = self._write_chunk(job, chunk)
+            job = dataclasses.replace(job, output_bytes=written.get(
+                "output_bytes", job.output_bytes))
+        ended = (f"it was stopped: {event.get('reason') or 'cancelled'}"
+                 if event["state"] == CANCELLED else
+                 f"the tool ran to its end: {event['state']}, exit code {event.get('exit_code')}")
+        self.update(job.id, started_at=float(event["started_ts"]),
+                    worker=_text(event.get("worker")), exit_code=event.get("exit_code"),
+                    ms=event.get("ms"), output_bytes=max(job.output_bytes,
+                                                         int(event.get("output_bytes") or 0)),
+                    reason=f"cancel requested while it showed as queued, but a worker had "
+                           f"already started it; {ended}")
         return True
 
     def reject(self, job_id: str, reason: str, *, tool: str | None = None,

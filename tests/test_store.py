@@ -282,6 +282,26 @@ def test_reject_and_cancel(store: Store) -> None:
     assert store.get_job(queued).state == "cancelled"
 
 
+def test_a_job_cancelled_as_queued_that_had_run_says_so(store: Store) -> None:
+    ran, stopped = new_id(), new_id()
+    for job_id in (ran, stopped):
+        store.create_job(job_id, "deploy", [], timeout=30)
+        assert store.cancel_queued(job_id).state == "cancelled"
+    # Short jobs send no `started`: the store saw them queued when the cancel came.
+    assert store.apply_event(finished(ran, worker="w3", started_ts=100.5, output_bytes=3,
+                                      output=[chunk(0, "rc\n")]))
+    job = store.get_job(ran)
+    assert (job.state, job.worker, job.started_at, job.exit_code) == ("cancelled", "w3", 100.5, 0)
+    assert job.reason.endswith("already started it; the tool ran to its end: succeeded, "
+                               "exit code 0")
+    assert store.read_output(ran).data == "rc\n"
+    # Replays change nothing more.
+    assert not store.apply_event(finished(ran, worker="w3", started_ts=100.5))
+    store.apply_event(finished(stopped, "cancelled", worker="w3", started_ts=100.5,
+                               reason="cancelled on request"))
+    assert store.get_job(stopped).reason.endswith("it was stopped: cancelled on request")
+
+
 def test_unpublished_jobs_are_removed_but_nothing_else(store: Store) -> None:
     gone, kept = new_id(), new_id()
     store.create_job(gone, "ls", [], timeout=30)
