@@ -627,6 +627,16 @@ class StoreTransaction:
             self._insert_chunk(job, offset + len(kept), "ocho", notice)
         return values, bool(kept)
 
+    def _write_chunks(self, job: Job, finished: dict[str, Any]) -> Job:
+        """Store the output a `finished` event carries; the job as it then stands
+        (its output_bytes and truncated), for the update that follows."""
+        for chunk in finished.get("output") or ():
+            written, _kept = self._write_chunk(job, chunk)
+            job = dataclasses.replace(
+                job, output_bytes=written.get("output_bytes", job.output_bytes),
+                truncated=job.truncated or bool(written.get("truncated")))
+        return job
+
     def _insert_chunk(self, job: Job, offset: int, stream: str, data: bytes) -> None:
         self.execute(
             "INSERT INTO job_output (job_id, attempt, byte_offset, byte_size, stream, data) "
@@ -645,11 +655,7 @@ class StoreTransaction:
             values["started_at"] = float(event["started_ts"])
         if job.worker is None and event.get("worker"):
             values["worker"] = _text(event["worker"])
-        for chunk in event.get("output") or ():
-            written, _kept = self._write_chunk(job, chunk)
-            job = dataclasses.replace(
-                job, output_bytes=written.get("output_bytes", job.output_bytes),
-                truncated=job.truncated or bool(written.get("truncated")))
+        job = self._write_chunks(job, event)
         self.update(
             job.id,
             **values,
@@ -667,10 +673,7 @@ class StoreTransaction:
         """The gateway cancelled a job it saw queued, but a worker had already started
         it. The state stays `cancelled` (the first terminal state wins); the record
         says that the tool ran, how it ended, and what it printed."""
-        for chunk in event.get("output") or ():
-            written, _kept = self._write_chunk(job, chunk)
-            job = dataclasses.replace(job, output_bytes=written.get(
-                "output_bytes", job.output_bytes))
+        job = self._write_chunks(job, event)
         ended = (f"it was stopped: {event.get('reason') or 'cancelled'}"
                  if event["state"] == CANCELLED else
                  f"the tool ran to its end: {event['state']}, exit code {event.get('exit_code')}")
