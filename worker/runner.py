@@ -142,7 +142,8 @@ class OutputSink:
         """What is still pending, and then `note` (a line from the portal itself,
         on the `ocho` stream), as chunks for the `finished` event instead of
         events of their own."""
-        chunks = [chunk for chunk in (self._take(),) if chunk is not None]
+        pending = self._take()
+        chunks = [pending] if pending is not None else []
         if note:
             chunks.append({"stream": "ocho", "offset": self.kept, "data": note})
             self.kept += len(note.encode())

@@ -179,7 +179,16 @@ def list_of(item: Check, invalid: str) -> Check:
     def check(value: Any) -> list[Any]:
         if not isinstance(value, (list, tuple)):
             raise Invalid(invalid)
-        return _each([(f"[{index}]", element, item) for index, element in enumerate(value)])
+        problems: list[tuple[str, str]] = []
+        kept = []
+        for index, element in enumerate(value):
+            try:
+                kept.append(item(element))
+            except Invalid as exc:
+                problems += _under(f"[{index}]", exc)
+        if problems:
+            raise _many(problems, kept)
+        return kept
     return check
 
 
@@ -190,15 +199,14 @@ def mapping_of(key: Check, item: Check, invalid: str) -> Check:
         problems: list[tuple[str, str]] = []
         kept = {}
         for name, element in value.items():
-            where, good = f".{name}", True
+            checked = []
             for part, checker in ((name, key), (element, item)):
                 try:
-                    checker(part)
+                    checked.append(checker(part))
                 except Invalid as exc:  # a bad name and a bad value are both worth saying
-                    problems += _under(where, exc)
-                    good = False
-            if good:
-                kept[key(name)] = item(element)
+                    problems += _under(f".{name}", exc)
+            if len(checked) == 2:
+                kept[checked[0]] = checked[1]
         if problems:
             raise _many(problems, kept)
         return kept
@@ -241,19 +249,6 @@ def fields_of(checks: dict[str, Check], *, required: dict[str, str] | None = Non
             raise _many(problems)
         return kept
     return check
-
-
-def _each(items: list[tuple[str, Any, Check]]) -> list[Any]:
-    problems: list[tuple[str, str]] = []
-    kept = []
-    for where, element, item in items:
-        try:
-            kept.append(item(element))
-        except Invalid as exc:
-            problems += _under(where, exc)
-    if problems:
-        raise _many(problems, kept)
-    return kept
 
 
 def _under(prefix: str, exc: Invalid) -> list[tuple[str, str]]:
