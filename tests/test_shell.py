@@ -234,6 +234,10 @@ def test_waiting_calls_never_take_every_server_thread(stack: Stack) -> None:
     for thread in holders:
         thread.start()
     infra.wait_for(lambda: _slots_in_use(stack) == SLOTS, timeout=10, what="slots taken")
+    # A call takes its slot before it submits: count jobs once every holder's exists.
+    infra.wait_for(lambda: len(requests.get(
+        f"{stack.url}/jobs", params={"tool": "sleep", "state": "queued,running"},
+        timeout=10).json()["jobs"]) == SLOTS, timeout=10, what="the holders' jobs")
     jobs_before = len(requests.get(f"{stack.url}/jobs", params={"limit": 500},
                                    timeout=10).json()["jobs"])
     refused = shell(stack, "cat nothing", wait=10)
