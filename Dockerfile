@@ -2,8 +2,6 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ocho ./ocho
-COPY gateway ./gateway
-COPY worker ./worker
 COPY tools ./tools
 COPY definitions ./definitions
 # A regular install: no editable import hook slowing every tool's start-up.

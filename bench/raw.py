@@ -4,7 +4,7 @@ have slots in all.
 Two bodies are measured:
 - `raw-popen`: bench/jobbody.py — mkdtemp, copy the tool, Popen (-P, the worker's
   allow-listed environment, a session of its own), communicate(), rmtree. The floor.
-- `raw-runner`: worker.runner.run with an emit that only counts — the worker's own
+- `raw-runner`: ocho.worker.runner.run with an emit that only counts — the worker's own
   code path (selector loop, output batching, rlimits, process-group kill), without
   AMQP. The gap between the two is the runner's own cost.
 """
@@ -30,7 +30,7 @@ def _popen_body(tool: str, args: tuple[str, ...] = ()) -> int:
 
 def _runner_body(tool: str, args: tuple[str, ...] = ()) -> int:
     from ocho.settings import Settings
-    from worker import runner
+    from ocho.worker import runner
 
     settings = Settings(tools_dir=TOOLS_DIR, output_cap=16 * 1024 * 1024)
     kept = 0

@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import strategies as st
 from hypothesis.internal import lambda_sources
 
-from gateway.openapi import FILE_NAME_FORMAT
+from ocho.gateway.openapi import FILE_NAME_FORMAT
 from ocho.message import is_safe_file_name
 
 # The document says in words what its pattern cannot (printable, at most 255 bytes);

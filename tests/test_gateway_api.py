@@ -19,9 +19,9 @@ import requests
 import waitress
 from flask import Flask
 
-from gateway.app import create_app
-from gateway.services import of
 from ocho import message, topology
+from ocho.gateway.app import create_app
+from ocho.gateway.services import of
 from ocho.settings import Settings
 from tests import infra
 

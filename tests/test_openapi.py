@@ -19,8 +19,8 @@ import requests
 from flask import Flask
 from openapi_spec_validator import validate
 
-from gateway import openapi, schemas, submission
-from gateway.app import create_app
+from ocho.gateway import openapi, schemas, submission
+from ocho.gateway.app import create_app
 from ocho.settings import Settings
 from tests.infra import BIN, ROOT, Stack
 

@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from gateway import server
 from ocho import topology
 from ocho.errors import SettingsError
+from ocho.gateway import server
 from ocho.kube import safeyaml
 from ocho.settings import Settings
 from tests import infra

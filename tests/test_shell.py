@@ -23,7 +23,7 @@ from tests.kube.emulator import KubeEmulator
 ZOOKEEPER = (ROOT / "definitions" / "zookeeper.yml").read_bytes()
 REDIS = (ROOT / "definitions" / "redis.yml").read_bytes()
 OUTPUT_CAP = 64 * 1024
-# 4 server threads leave 2 waiting slots (gateway.services): the bound is reachable.
+# 4 server threads leave 2 waiting slots (ocho.gateway.services): the bound is reachable.
 THREADS = 4
 SLOTS = 2
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.schemas import JOB
-from gateway.store import NOTICE_ROOM, Store
 from ocho.errors import InvalidRequest, JobConflict, JobNotFound, SettingsError
+from ocho.gateway.schemas import JOB
+from ocho.gateway.store import NOTICE_ROOM, Store
 
 CAP = 2048
 

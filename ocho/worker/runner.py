@@ -25,7 +25,7 @@ from typing import Any
 
 from ocho import message
 from ocho.settings import Settings
-from worker import limits
+from ocho.worker import limits
 
 # Sizes of one read from a pipe and of one `output` event.
 READ_SIZE = 65536

@@ -22,9 +22,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from gateway import jobs, schemas
-from gateway.services import Services, of
-from gateway.shell import LINE_HEADER
+from ocho.gateway import jobs, schemas
+from ocho.gateway.services import Services, of
+from ocho.gateway.shell import LINE_HEADER
 from ocho.message import MAX_ARG_CHARS, MAX_ARGS, STATES
 
 OPENAPI_VERSION = "3.1.0"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from gateway.schemas import HEALTH, READINESS
-from gateway.services import services
 from ocho.errors import StoreUnavailable
+from ocho.gateway.schemas import HEALTH, READINESS
+from ocho.gateway.services import services
 
 blueprint = Blueprint("health", __name__)
 

@@ -7,14 +7,14 @@ from typing import IO, Any
 from flask import Flask, Request
 from werkzeug.formparser import FormDataParser
 
-from gateway import auth, error_handlers, health, jobs, metrics, openapi, shell, tools, web
-from gateway.catalog import ToolCatalog
-from gateway.notifier import JobNotifier
-from gateway.publisher import Publisher
-from gateway.recorder import Recorder
-from gateway.services import EXTENSION_KEY, Services
-from gateway.store import Store
 from ocho.errors import InvalidRequest
+from ocho.gateway import auth, error_handlers, health, jobs, metrics, openapi, shell, tools, web
+from ocho.gateway.catalog import ToolCatalog
+from ocho.gateway.notifier import JobNotifier
+from ocho.gateway.publisher import Publisher
+from ocho.gateway.recorder import Recorder
+from ocho.gateway.services import EXTENSION_KEY, Services
+from ocho.gateway.store import Store
 from ocho.settings import Settings
 
 # Form fields that are not files (a `line`, `args` as JSON) are kept in memory;
@@ -45,7 +45,7 @@ class _Request(Request):
 
 def create_app(settings: Settings, *, background: bool = True) -> Flask:
     """The gateway app. With `background`, its publisher and recorder threads start now;
-    stop them with gateway.services.of(app).stop()."""
+    stop them with ocho.gateway.services.of(app).stop()."""
     store = Store.open(settings)
     notifier = JobNotifier()
     portal = Services(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ocho.errors import SettingsError
 from ocho.settings import Settings
-from worker.consumer import Worker
+from ocho.worker.consumer import Worker
 
 
 def main(argv: list[str] | None = None) -> int:

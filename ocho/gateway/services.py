@@ -1,4 +1,4 @@
-"""What the HTTP handlers work with, built once per app by gateway.app.create_app."""
+"""What the HTTP handlers work with, built once per app by ocho.gateway.app.create_app."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import threading
 
 from flask import Flask, current_app
 
-from gateway.catalog import ToolCatalog
-from gateway.notifier import JobNotifier
-from gateway.publisher import Publisher
-from gateway.recorder import Recorder
-from gateway.store import Store
+from ocho.gateway.catalog import ToolCatalog
+from ocho.gateway.notifier import JobNotifier
+from ocho.gateway.publisher import Publisher
+from ocho.gateway.recorder import Recorder
+from ocho.gateway.store import Store
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -33,20 +33,20 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
 
-from gateway import metrics
-from gateway.catalog import ToolCatalog
-from gateway.jobs import RECHECK_S, cancel_job, query_arg, submit_job
-from gateway.schemas import SHELL_RESULT
-from gateway.services import Services, services
-from gateway.store import Job
-from gateway.submission import (
+from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
+from ocho.gateway import metrics
+from ocho.gateway.catalog import ToolCatalog
+from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg, submit_job
+from ocho.gateway.schemas import SHELL_RESULT
+from ocho.gateway.services import Services, services
+from ocho.gateway.store import Job
+from ocho.gateway.submission import (
     CORRELATION_HEADER,
     Submission,
     check_correlation_id,
     make_submission,
     uploaded_files,
 )
-from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
 from ocho.message import QUEUED, SUCCEEDED, encode_files
 
 log = logging.getLogger(__name__)

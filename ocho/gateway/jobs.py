@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from gateway import metrics
-from gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
-from gateway.services import Services, services
-from gateway.store import Job, OutputSlice
-from gateway.submission import Submission, read_submission
 from ocho.errors import BrokerUnavailable, InvalidRequest, JobConflict, PublishRejected
+from ocho.gateway import metrics
+from ocho.gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
+from ocho.gateway.services import Services, services
+from ocho.gateway.store import Job, OutputSlice
+from ocho.gateway.submission import Submission, read_submission
 from ocho.message import STATES
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from ocho import message, topology
 from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.settings import Settings
-from worker import runner
-from worker.limits import ProcessCounter
-from worker.reaper import Reaper
+from ocho.worker import runner
+from ocho.worker.limits import ProcessCounter
+from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
 

@@ -25,10 +25,10 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from gateway.broker_thread import BrokerThread
 from ocho import topology
 from ocho.amqp import CONNECTION_ERRORS, describe
 from ocho.errors import BrokerUnavailable, PublishRejected
+from ocho.gateway.broker_thread import BrokerThread
 from ocho.message import CONTENT_TYPE, dump_request
 from ocho.settings import Settings
 

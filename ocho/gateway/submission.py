@@ -22,8 +22,8 @@ from typing import Any
 from flask import Request
 from werkzeug.datastructures import FileStorage
 
-from gateway.catalog import ToolCatalog
 from ocho.errors import InvalidRequest, PayloadTooLarge
+from ocho.gateway.catalog import ToolCatalog
 from ocho.message import (
     decode_files,
     encode_files,

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from gateway import serving
-from gateway.app import create_app
-from gateway.services import of
 from ocho.errors import SettingsError, StoreUnavailable
+from ocho.gateway import serving
+from ocho.gateway.app import create_app
+from ocho.gateway.services import of
 from ocho.settings import Settings
 
 log = logging.getLogger("gateway")

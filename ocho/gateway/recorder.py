@@ -26,12 +26,12 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from gateway.broker_thread import BrokerThread
-from gateway.notifier import JobNotifier
-from gateway.store import Store, StoreTransaction
 from ocho import topology
 from ocho.amqp import Backoff, describe
 from ocho.errors import InvalidRequest, StoreUnavailable
+from ocho.gateway.broker_thread import BrokerThread
+from ocho.gateway.notifier import JobNotifier
+from ocho.gateway.store import Store, StoreTransaction
 from ocho.message import load_event
 from ocho.settings import Settings
 

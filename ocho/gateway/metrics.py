@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from flask import Blueprint, Flask, Response, current_app
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from gateway.services import Services, services
 from ocho.errors import (
     BrokerUnavailable,
     InvalidRequest,
@@ -23,6 +22,7 @@ from ocho.errors import (
     PublishRejected,
     StoreUnavailable,
 )
+from ocho.gateway.services import Services, services
 from ocho.message import STATES
 
 EXTENSION_KEY = "ocho.metrics"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from werkzeug.exceptions import NotFound
 
-from gateway.schemas import TOOL_HELP, TOOL_LIST
-from gateway.services import services
 from ocho.errors import UnknownTool
+from ocho.gateway.schemas import TOOL_HELP, TOOL_LIST
+from ocho.gateway.services import services
 
 blueprint = Blueprint("tools", __name__)
 
