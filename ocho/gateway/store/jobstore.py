@@ -5,24 +5,28 @@ gives it back. Writes take the write lock up front; a transaction that fails
 because the database went away raises StoreUnavailable and its connection is
 dropped if broken. The rules for state changes are the job record's
 (ocho.gateway.store.machine); this class only opens transactions around them.
+Opening a Store migrates the schema to the version this code knows.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ocho.errors import InvalidRequest, JobConflict, StoreUnavailable
-from ocho.gateway.store import schema
+from ocho.gateway.store import retention, schema
 from ocho.gateway.store.dialect import dialect_for
 from ocho.gateway.store.output import CHUNKS_PER_READ, NOTICE_ROOM, slice_output
 from ocho.gateway.store.pool import ConnectionPool
 from ocho.gateway.store.records import SELECT_JOB, Job, JobPage, OutputSlice, job_from_row
 from ocho.gateway.store.transaction import StoreTransaction
-from ocho.message import QUEUED
+from ocho.message import QUEUED, STATES
 from ocho.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -30,7 +34,7 @@ class Store:
         self.output_cap = output_cap
         self._dialect = dialect_for(url)
         self._pool = ConnectionPool(self._dialect.connect, pool_size)
-        self._create_schema()
+        self.migrate()
 
     @classmethod
     def open(cls, settings: Settings) -> Store:
@@ -45,9 +49,13 @@ class Store:
     def close(self) -> None:
         self._pool.close()
 
-    def _create_schema(self) -> None:
+    def migrate(self) -> None:
+        """Apply the migrations this database lacks (one process at a time)."""
         with self.transaction() as tx:
-            schema.create(tx.cur, self._dialect)
+            found, latest = schema.migrate(tx, self._dialect)
+        if found != latest:
+            log.info("job store (%s) migrated from schema version %d to %d",
+                     self._dialect.name, found, latest)
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[StoreTransaction]:
@@ -57,7 +65,9 @@ class Store:
         try:
             try:
                 self._dialect.begin(conn, write)
-                yield StoreTransaction(self._dialect, conn.cursor(), self.output_cap)
+                tx = StoreTransaction(self._dialect, conn.cursor(), self.output_cap)
+                yield tx
+                tx.write_counts()
                 conn.commit()
                 committed = True
             except self._dialect.unavailable_errors as exc:
@@ -87,8 +97,24 @@ class Store:
     def delete_unpublished(self, job_id: str) -> None:
         """Remove a job whose request never reached the broker (and nothing else)."""
         with self.transaction() as tx:
-            tx.execute("DELETE FROM jobs WHERE id = ? AND state = ? AND attempt = 0",
-                       (job_id, QUEUED))
+            if tx.execute("DELETE FROM jobs WHERE id = ? AND state = ? AND attempt = 0",
+                          (job_id, QUEUED)):
+                tx.count(QUEUED, -1)
+
+    def delete_ended(self, older_than: float, *, pause: float = 0.05,
+                     batch: int = retention.BATCH_JOBS) -> int:
+        """Delete jobs that ended before the time `older_than` (epoch seconds), with their
+        output, a batch per transaction and `pause` seconds between batches so that
+        other writers get their turn; how many were deleted."""
+        total = 0
+        more = True
+        while more:
+            with self.transaction() as tx:
+                deleted, more = retention.delete_batch(tx, self._dialect, older_than, batch)
+            total += deleted
+            if more:
+                time.sleep(pause)
+        return total
 
     def apply_event(self, event: dict[str, Any]) -> bool:
         """Apply one worker event (as loaded by ocho.message.load_event); True if it changed
@@ -155,6 +181,15 @@ class Store:
                 "ORDER BY byte_offset LIMIT ?",
                 (job_id, job.attempt, offset, CHUNKS_PER_READ))
         return slice_output(job, rows, offset, limit)
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (every state, 0 if none): a read of the
+        maintained counts, not a count of the jobs table."""
+        counts = dict.fromkeys(STATES, 0)
+        with self.transaction(write=False) as tx:
+            for state, jobs in tx.fetchall("SELECT state, jobs FROM job_counts", ()):
+                counts[str(state)] = int(jobs)
+        return counts
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""

@@ -36,6 +36,9 @@ class JobRecord:
 
     def _set(self, **values: Any) -> None:
         self.tx.update(self.job.id, **values)
+        if values.get("state", self.job.state) != self.job.state:
+            self.tx.count(self.job.state, -1)
+            self.tx.count(values["state"], 1)
         if "truncated" in values:
             values["truncated"] = bool(values["truncated"])
         self.job = dataclasses.replace(self.job, **values)

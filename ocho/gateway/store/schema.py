@@ -1,17 +1,45 @@
-"""The tables: jobs, one row each, and job_output, their output in chunks.
+"""The tables and their history: a schema version in the database and ordered migrations.
 
-Creating them is idempotent (CREATE … IF NOT EXISTS), run by every gateway at
-start while it holds the dialect's schema lock.
+Invariants:
+
+- `ocho_schema` holds one row, the version of the last migration applied;
+  a database without it (made before versions existed) is version 0.
+- MIGRATIONS are applied in order, each exactly once, all in one transaction
+  with the version bump, so a failure leaves the database as it was.
+- One process migrates at a time: the transaction holds PostgreSQL's advisory
+  lock, or SQLite's write lock (BEGIN IMMEDIATE); a gateway starting meanwhile
+  waits and then finds nothing left to do.
+- A migration, once released, never changes: a later change is a new entry.
+  Migration 1 is the schema as it was before versions, so it only creates what
+  is missing.
+- A database newer than this code (a later gateway migrated it) is refused
+  rather than written with rules that do not know its columns.
+
+To change the schema, append `Migration(N + 1, "what and why", _vN_plus_1)`
+where the function returns the statements for a dialect.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from ocho.errors import StoreUnavailable
 from ocho.gateway.store.dialect import Dialect
 
+if TYPE_CHECKING:
+    from ocho.gateway.store.transaction import StoreTransaction
 
-def statements(d: Dialect) -> list[str]:
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    version: int
+    summary: str
+    statements: Callable[[Dialect], list[str]]
+
+
+def _v1_jobs_and_output(d: Dialect) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS jobs (
             id TEXT PRIMARY KEY,
@@ -44,8 +72,42 @@ def statements(d: Dialect) -> list[str]:
     ]
 
 
-def create(cur: Any, d: Dialect) -> None:
-    """Create what is missing; run inside a write transaction."""
-    d.lock_schema(cur)
-    for statement in statements(d):
-        cur.execute(statement)
+def _v2_counts_and_retention(d: Dialect) -> list[str]:
+    # Counts by state, kept by every state change, so /metrics reads a few rows
+    # instead of counting the jobs table; and an index to find old ended jobs.
+    return [
+        "CREATE TABLE job_counts (state TEXT PRIMARY KEY, jobs BIGINT NOT NULL)",
+        "INSERT INTO job_counts (state, jobs) SELECT state, COUNT(*) FROM jobs GROUP BY state",
+        "CREATE INDEX jobs_by_finished ON jobs (finished_at)",
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "jobs and their output in chunks", _v1_jobs_and_output),
+    Migration(2, "job counts by state; index on finished_at", _v2_counts_and_retention),
+)
+LATEST = MIGRATIONS[-1].version
+
+
+def migrate(tx: StoreTransaction, d: Dialect) -> tuple[int, int]:
+    """Bring the schema to LATEST inside `tx` (a write transaction); (from, to) versions."""
+    d.lock_schema(tx.cur)
+    tx.execute("CREATE TABLE IF NOT EXISTS ocho_schema (version INTEGER NOT NULL)")
+    found = version(tx)
+    if found > LATEST:
+        raise StoreUnavailable(
+            f"the job store has schema version {found}, newer than this gateway knows "
+            f"({LATEST}); run the newer ocho-gateway, or a database of its own")
+    for migration in MIGRATIONS[found:]:
+        for statement in migration.statements(d):
+            tx.execute(statement)
+    if found == 0:
+        tx.execute("INSERT INTO ocho_schema (version) VALUES (?)", (LATEST,))
+    elif found < LATEST:
+        tx.execute("UPDATE ocho_schema SET version = ?", (LATEST,))
+    return found, LATEST
+
+
+def version(tx: StoreTransaction) -> int:
+    row = tx.fetchone("SELECT MAX(version) FROM ocho_schema", ())
+    return int(row[0]) if row and row[0] is not None else 0

@@ -5,12 +5,18 @@ locking a job row, and the two ways events reach a job: `apply_event` and
 `reject`. What a state change does to the row is the job record's business
 (ocho.gateway.store.machine); this module only finds or creates the row and
 hands it over, locked.
+
+Job counts by state (the `job_counts` table) change with every insert, state
+change and delete; the changes are summed here and written once, just before
+commit, in one order of states, so concurrent transactions never deadlock on
+those rows and a rolled-back transaction changes no count.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +33,7 @@ class StoreTransaction:
         self._for_update = dialect.for_update
         self.output_cap = output_cap
         self.cur = cur
+        self._count_changes: Counter[str] = Counter()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -53,6 +60,20 @@ class StoreTransaction:
             raise JobNotFound(job_id)
         return job
 
+    def count(self, state: str, change: int) -> None:
+        """Note that `change` jobs entered (or, negative, left) `state`."""
+        self._count_changes[state] += change
+
+    def write_counts(self) -> None:
+        """Write the noted count changes; Store.transaction calls this before commit."""
+        for state in sorted(self._count_changes):
+            change = self._count_changes[state]
+            if change:
+                self.execute("INSERT INTO job_counts (state, jobs) VALUES (?, ?) "
+                             "ON CONFLICT (state) DO UPDATE SET jobs = job_counts.jobs + ?",
+                             (state, change, change))
+        self._count_changes.clear()
+
     def record(self, job_id: str) -> JobRecord:
         """The job's row, locked for this transaction, ready for a state change."""
         return JobRecord(self, self.job(job_id, lock=True))
@@ -65,11 +86,14 @@ class StoreTransaction:
                    timeout: int | None = None, correlation_id: str | None = None,
                    created_at: float) -> bool:
         """Insert a `queued` job unless the id exists; True if inserted."""
-        return self.execute(
+        inserted = self.execute(
             "INSERT INTO jobs (id, tool, args, state, attempt, correlation_id, created_at, "
             "timeout) VALUES (?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             (job_id, text(tool), json.dumps(args or []), QUEUED, text(correlation_id),
              created_at, timeout)) > 0
+        if inserted:
+            self.count(QUEUED, 1)
+        return inserted
 
     # -- events -----------------------------------------------------------------------------
 
