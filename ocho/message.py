@@ -20,7 +20,9 @@ from ocho.errors import InvalidRequest
 
 CONTENT_TYPE = "application/json"
 
-# Job states. `queued` and `running` are live; the rest are terminal.
+# Job states. `submitting`, `queued` and `running` are live; the rest are terminal.
+# `submitting`: recorded by a gateway, its request not yet confirmed by the broker.
+SUBMITTING = "submitting"
 QUEUED = "queued"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
@@ -29,7 +31,7 @@ TIMED_OUT = "timed_out"
 CANCELLED = "cancelled"
 REJECTED = "rejected"
 TERMINAL_STATES = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, REJECTED)
-STATES = (QUEUED, RUNNING, *TERMINAL_STATES)
+STATES = (SUBMITTING, QUEUED, RUNNING, *TERMINAL_STATES)
 
 # Event types, also the last part of the routing key on ocho.events (job.<type>).
 STARTED = "started"

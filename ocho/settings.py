@@ -68,6 +68,11 @@ class Settings:
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
     log_level: str = "INFO"
+    # How long the gateway waits for the broker to confirm a request (twice, if it was
+    # already on the wire); a job left `submitting` for 3× this is its dead gateway's.
+    confirm_timeout: float = 10.0
+    # How often each gateway looks for jobs a dead gateway left `submitting`.
+    recover_interval: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -106,6 +111,15 @@ class Settings:
             raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
+        if not (self.confirm_timeout > 0 and self.recover_interval > 0):
+            raise SettingsError("OCHO_CONFIRM_TIMEOUT and OCHO_RECOVER_INTERVAL must be "
+                                "positive numbers of seconds")
+
+    @property
+    def recover_after(self) -> float:
+        """Seconds after which a `submitting` job is taken for left over by a dead gateway:
+        a live one has had its confirm, or given up, by then."""
+        return 3 * self.confirm_timeout
 
     @property
     def max_message_bytes(self) -> int:

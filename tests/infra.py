@@ -182,7 +182,8 @@ class Stack:
                 time.sleep(0.1)
                 continue
             job = response.json()
-            if job["state"] not in ("queued", "running") or time.monotonic() > deadline:
+            if job["state"] not in ("submitting", "queued", "running") \
+                    or time.monotonic() > deadline:
                 return job
 
     def output(self, job_id: str, offset: int = 0) -> dict[str, Any]:

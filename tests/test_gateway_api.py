@@ -316,12 +316,21 @@ def test_a_multipart_tool_and_json_args(gateway: str, channel: Any) -> None:
     assert json.loads(body)["files"] == {"a.txt": "QQ=="}
 
 
-def test_a_reused_job_id_is_a_conflict(gateway: str) -> None:
+def test_a_retry_with_the_same_id_gets_the_job_and_another_request_a_conflict(
+        gateway: str, channel: Any) -> None:
     job_id = str(uuid.uuid4())
-    submit(gateway, id=job_id)
-    response = requests.post(f"{gateway}/jobs", json={"tool": "hello", "id": job_id}, timeout=10)
-    assert response.status_code == 409
-    assert job_id in response.json()["error"]
+    first = submit(gateway, id=job_id, args=["a"])
+    retry = requests.post(f"{gateway}/jobs", json={"tool": "hello", "id": job_id,
+                                                   "args": ["a"]}, timeout=10)
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["Location"] == f"/jobs/{job_id}"
+    assert (retry.json()["id"], retry.json()["state"]) == (job_id, first["state"])
+    take_request(channel, job_id)  # published once
+    assert channel.basic_get("ocho.jobs", auto_ack=False) == (None, None, None)
+    other = requests.post(f"{gateway}/jobs", json={"tool": "hello", "id": job_id,
+                                                   "args": ["b"]}, timeout=10)
+    assert other.status_code == 409
+    assert job_id in other.json()["error"] and "different request" in other.json()["error"]
 
 
 # -- worker events ----------------------------------------------------------------------------

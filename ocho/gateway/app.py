@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
         settings=settings,
         store=store,
         notifier=notifier,
-        publisher=Publisher(settings),
+        publisher=Publisher(settings, confirm_timeout=settings.confirm_timeout),
         recorder=Recorder(settings, store, notifier),
         catalog=ToolCatalog(settings.tools_dir),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -14,12 +13,13 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from ocho.errors import BrokerUnavailable, InvalidRequest, JobConflict, PublishRejected
+from ocho.errors import InvalidRequest, JobConflict
 from ocho.gateway import metrics
+from ocho.gateway.handoff import accept_job
 from ocho.gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
 from ocho.gateway.services import Services, services
 from ocho.gateway.store import Job, OutputSlice
-from ocho.gateway.submission import Submission, read_submission
+from ocho.gateway.submission import read_submission
 from ocho.message import STATES
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("jobs", __name__)
 
 MAX_WAIT_S = 60
-# A waiter re-reads the store this often even unwoken: another gateway sharing the
-# same PostgreSQL may have recorded the change.
+# A waiter re-reads the store this often even unwoken: a safety net only, since
+# another gateway's changes wake it too (LISTEN/NOTIFY, see ocho.gateway.notifier).
 RECHECK_S = 2.0
 # How long a long-poll waits for a free waiting slot before answering as things are.
 SLOT_WAIT_S = 0.5
@@ -46,29 +46,13 @@ OUTPUT_FORMATS = ("json", "text")
 
 @blueprint.post("/jobs")
 def submit() -> tuple[Response, int, dict[str, str]]:
+    """202 for a new job; 200 with the existing job for a retry of the same request with
+    the same id (ocho.gateway.handoff)."""
     portal = services()
     with metrics.counting_submission("jobs"):
         submission = read_submission(request, portal.settings, portal.catalog)
-        job = submit_job(portal, submission)
-    return jsonify(JOB.dump(job)), 202, {"Location": f"/jobs/{job.id}"}
-
-
-def submit_job(portal: Services, submission: Submission) -> Job:
-    """Record a validated submission as `queued` and publish it; return once the broker
-    confirmed it (POST /jobs and POST /shell both submit this way)."""
-    job_request = submission.request
-    job = portal.store.create_job(job_request["id"], job_request["tool"], job_request["args"],
-                                  timeout=job_request["timeout"],
-                                  correlation_id=submission.correlation_id)
-    try:
-        portal.publisher.publish_job(job_request, correlation_id=submission.correlation_id)
-    except (BrokerUnavailable, PublishRejected) as exc:
-        portal.store.delete_unpublished(job.id)
-        log.warning("job %s not submitted: %s", job.id, exc)
-        raise
-    log.info("job %s submitted: %s (%d file(s), timeout %d s)", job.id,
-             shlex.join([job.tool or "", *job.args]), len(job_request["files"]), job.timeout)
-    return job
+        job, created = accept_job(portal, submission)
+    return jsonify(JOB.dump(job)), 202 if created else 200, {"Location": f"/jobs/{job.id}"}
 
 
 @blueprint.get("/jobs/<job_id>")

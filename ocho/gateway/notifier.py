@@ -1,9 +1,14 @@
 """Wakes the HTTP requests waiting on a job (long-polls, SSE) when the recorder changed it.
 
 A waiter registers interest in one job id and gets its own threading.Event, so a
-busy recorder wakes only the requests that care. The store stays the truth: a
-waiter re-reads it after every wake-up, and also every few seconds anyway, since
-another gateway sharing the same PostgreSQL may have recorded the change.
+busy recorder wakes only the requests that care. This is the one seam every wait
+goes through (GET /jobs/<id>?wait, the output tail's wait, the event stream,
+POST /shell): this gateway's recorder calls `notify` after its commit, and so
+does the store listener when another gateway sharing the PostgreSQL database
+committed a change (LISTEN/NOTIFY); `notify_all` after the listener lost its
+connection, since changes may have been missed meanwhile. The store stays the
+truth: a waiter re-reads it after every wake-up, and every few seconds anyway
+as a safety net.
 """
 
 from __future__ import annotations
@@ -63,10 +68,15 @@ class JobNotifier:
         for watch in woken:
             watch._wake()
 
-    def close(self) -> None:
-        """Wake every waiter so that a stopping gateway does not hold requests open."""
-        self.closing = True
+    def notify_all(self) -> None:
+        """Wake every waiter to re-read the store: changes may have gone unheard."""
         with self._lock:
             woken = [w for watches in self._watches.values() for w in watches]
         for watch in woken:
             watch._wake()
+
+    def close(self) -> None:
+        """Wake every waiter so that a stopping gateway does not hold requests open."""
+        self.closing = True
+        self.notify_all()
+

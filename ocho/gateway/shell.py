@@ -36,7 +36,8 @@ from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
 from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
 from ocho.gateway import metrics
 from ocho.gateway.catalog import ToolCatalog
-from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg, submit_job
+from ocho.gateway.handoff import submit_job
+from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg
 from ocho.gateway.schemas import SHELL_RESULT
 from ocho.gateway.services import Services, services
 from ocho.gateway.store import Job

@@ -2,19 +2,28 @@
 
 A dialect opens connections (SQLite in WAL mode and autocommit, so transactions
 are explicit and a writer takes the lock up front with BEGIN IMMEDIATE;
-PostgreSQL imported only when used), names its column types, and says how to
-serialise schema changes between processes starting together.
+PostgreSQL imported only when used), names its column types, says how to
+serialise schema changes between processes starting together, how to tell a
+pooled connection still works, and how gateways sharing the database tell each
+other which jobs changed (PostgreSQL: NOTIFY on CHANGES_CHANNEL, sent inside the
+writing transaction so it is delivered on commit and never for a rollback;
+SQLite: one machine, nothing to tell).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ocho.errors import SettingsError, StoreUnavailable
 
 # The PostgreSQL advisory lock every gateway takes while it migrates the schema.
 SCHEMA_LOCK_KEY = 80770001
+# The channel every gateway LISTENs on; a payload is "<origin> <id>,<id>,…".
+CHANGES_CHANNEL = "ocho_jobs"
+# PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+MAX_PAYLOAD = 7900
 
 
 class Dialect:
@@ -40,6 +49,12 @@ class Dialect:
 
     def is_broken(self, conn: Any) -> bool:
         return False
+
+    def check(self, conn: Any) -> None:
+        """Raise unless a pooled connection still reaches the server."""
+
+    def announce(self, cur: Any, origin: str, job_ids: Iterable[str]) -> None:
+        """Tell other gateways, once this transaction commits, that these jobs changed."""
 
 
 class SQLite(Dialect):
@@ -98,6 +113,40 @@ class Postgres(Dialect):
 
     def is_broken(self, conn: Any) -> bool:
         return bool(conn.broken or conn.closed)
+
+    def check(self, conn: Any) -> None:
+        # One empty round trip outside any transaction: a connection the server
+        # closed (a restart, an idle timeout) fails here instead of in a request.
+        conn.autocommit = True
+        try:
+            conn.execute("")
+        finally:
+            conn.autocommit = False
+
+    def announce(self, cur: Any, origin: str, job_ids: Iterable[str]) -> None:
+        for payload in notify_payloads(origin, sorted(job_ids)):
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANGES_CHANNEL, payload))
+
+    def connect_listener(self) -> Any:
+        """A connection of its own, outside the pool, for LISTEN (autocommit)."""
+        try:
+            return self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except self._psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot connect to the PostgreSQL job store: {exc}") from exc
+
+
+def notify_payloads(origin: str, job_ids: list[str]) -> Iterator[str]:
+    """`origin id,id,…` payloads, each below PostgreSQL's size limit."""
+    batch: list[str] = []
+    size = len(origin) + 1
+    for job_id in job_ids:
+        if batch and size + len(job_id) + 1 > MAX_PAYLOAD:
+            yield f"{origin} {','.join(batch)}"
+            batch, size = [], len(origin) + 1
+        batch.append(job_id)
+        size += len(job_id) + 1
+    if batch:
+        yield f"{origin} {','.join(batch)}"
 
 
 def dialect_for(url: str) -> Dialect:

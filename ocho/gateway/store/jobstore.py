@@ -6,34 +6,58 @@ because the database went away raises StoreUnavailable and its connection is
 dropped if broken. The rules for state changes are the job record's
 (ocho.gateway.store.machine); this class only opens transactions around them.
 Opening a Store migrates the schema to the version this code knows.
+
+A job submitted through the API is recorded `submitting` with its request body,
+then confirmed (`queued`) once the broker confirmed the request. A row left
+`submitting` by a gateway that died is claimed by one gateway at a time
+(`claim_unconfirmed`: an UPDATE … RETURNING of a row not claimed recently,
+skipping rows another gateway holds) to be published again.
+
+Every committed write tells the gateways sharing the database which jobs it
+changed (PostgreSQL NOTIFY); `listen` starts hearing the others' changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from ocho.errors import InvalidRequest, JobConflict, StoreUnavailable
 from ocho.gateway.store import retention, schema
-from ocho.gateway.store.dialect import dialect_for
+from ocho.gateway.store.dialect import Postgres, dialect_for
+from ocho.gateway.store.listener import ChangeListener
 from ocho.gateway.store.output import CHUNKS_PER_READ, NOTICE_ROOM, slice_output
 from ocho.gateway.store.pool import ConnectionPool
 from ocho.gateway.store.records import SELECT_JOB, Job, JobPage, OutputSlice, job_from_row
 from ocho.gateway.store.transaction import StoreTransaction
-from ocho.message import QUEUED, STATES
+from ocho.message import QUEUED, STATES, SUBMITTING
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unconfirmed:
+    """A `submitting` job claimed for publishing again, with what it was submitted with."""
+
+    id: str
+    request: bytes | None  # the request body as first published; None if lost
+    correlation_id: str | None
+    created_at: float
 
 
 class Store:
     def __init__(self, url: str, *, output_cap: int, pool_size: int = 8) -> None:
         self.output_cap = output_cap
         self._dialect = dialect_for(url)
-        self._pool = ConnectionPool(self._dialect.connect, pool_size)
+        self._pool = ConnectionPool(self._dialect.connect, pool_size, self._dialect.check)
+        # Names this store's own change notifications, which its listener skips.
+        self.origin = uuid.uuid4().hex[:12]
         self.migrate()
 
     @classmethod
@@ -68,6 +92,8 @@ class Store:
                 tx = StoreTransaction(self._dialect, conn.cursor(), self.output_cap)
                 yield tx
                 tx.write_counts()
+                if tx.touched:
+                    self._dialect.announce(tx.cur, self.origin, tx.touched)
                 conn.commit()
                 committed = True
             except self._dialect.unavailable_errors as exc:
@@ -94,12 +120,60 @@ class Store:
                                   "leave `id` out to get a new one")
             return tx.job(job_id)
 
+    def record_submission(self, job_id: str, tool: str, args: Sequence[str], *,
+                          timeout: int | None, correlation_id: str | None, request: bytes,
+                          digest: str) -> tuple[Job, bool]:
+        """Record a job submitted through the API as `submitting`, keeping its request body
+        until confirm_published; (job, True). If the id exists with the same `digest`
+        (a client's retry): (that job, False); with another, JobConflict saying so."""
+        with self.transaction() as tx:
+            if tx.insert_job(job_id, tool=tool, args=list(args), timeout=timeout,
+                             correlation_id=correlation_id, created_at=time.time(),
+                             state=SUBMITTING, request=request, digest=digest):
+                return tx.job(job_id), True
+            row = tx.fetchone("SELECT digest FROM jobs WHERE id = ?", (job_id,))
+            if row is None or row[0] != digest:
+                raise JobConflict(_conflict(job_id, None if row is None else row[0]))
+            return tx.job(job_id), False
+
+    def confirm_published(self, job_id: str) -> Job:
+        """The broker confirmed the job's request: `queued` unless it moved on already."""
+        with self.transaction() as tx:
+            record = tx.record(job_id)
+            record.confirmed()
+            return record.job
+
+    def claim_unconfirmed(self, claimed_before: float, job_id: str | None = None,
+                          ) -> Unconfirmed | None:
+        """Take one `submitting` job nobody claimed (or submitted) since `claimed_before`,
+        the oldest or `job_id`, for this gateway to publish; None if there is none. Safe
+        with several gateways: a row is claimed by one of them until it is old again."""
+        now = time.time()
+        if job_id is None:
+            target = (f"(SELECT id FROM jobs WHERE state = ? AND claimed_at < ? "
+                      f"ORDER BY claimed_at LIMIT 1{self._dialect.for_update}"
+                      f"{self._dialect.skip_locked})")
+            params: tuple[Any, ...] = (now, SUBMITTING, claimed_before)
+        else:
+            target, params = "?", (now, job_id)
+        with self.transaction() as tx:
+            row = tx.fetchone(
+                f"UPDATE jobs SET claimed_at = ? WHERE id = {target} AND state = ? "
+                f"AND claimed_at < ? RETURNING id, request, correlation_id, created_at",
+                (*params, SUBMITTING, claimed_before))
+        if row is None:
+            return None
+        return Unconfirmed(id=str(row[0]), request=None if row[1] is None else bytes(row[1]),
+                           correlation_id=row[2], created_at=float(row[3]))
+
     def delete_unpublished(self, job_id: str) -> None:
         """Remove a job whose request never reached the broker (and nothing else)."""
         with self.transaction() as tx:
-            if tx.execute("DELETE FROM jobs WHERE id = ? AND state = ? AND attempt = 0",
-                          (job_id, QUEUED)):
-                tx.count(QUEUED, -1)
+            job = tx.find(job_id, lock=True)
+            if job is None or job.state not in (SUBMITTING, QUEUED) or job.attempt:
+                return
+            tx.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            tx.count(job.state, -1)
 
     def delete_ended(self, older_than: float, *, pause: float = 0.05,
                      batch: int = retention.BATCH_JOBS) -> int:
@@ -191,7 +265,27 @@ class Store:
                 counts[str(state)] = int(jobs)
         return counts
 
+    def listen(self, on_change: Callable[[list[str]], None],
+               on_gap: Callable[[], None]) -> ChangeListener | None:
+        """Start hearing which jobs other gateways changed (PostgreSQL); None for SQLite,
+        which is one machine's file: see the README on several gateways."""
+        if not isinstance(self._dialect, Postgres):
+            return None
+        listener = ChangeListener(self._dialect.connect_listener, self.origin, on_change,
+                                  on_gap)
+        listener.start()
+        return listener
+
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
         with self.transaction(write=False) as tx:
             tx.fetchone("SELECT 1", ())
+
+
+def _conflict(job_id: str, digest: str | None) -> str:
+    if digest is None:
+        return (f"a job with id {job_id} already exists and was not submitted through this "
+                "API, so a retry cannot be matched to it; leave `id` out to get a new one")
+    return (f"a job with id {job_id} already exists with a different request (tool, args, "
+            "files or timeout differ); resend the same request to get that job, or leave "
+            "`id` out to get a new one")

@@ -2,8 +2,12 @@
 
 The rules, written once:
 
-- a job's state only moves forward (queued → running → terminal) and the first
-  terminal state wins, so late, duplicate or reordered events are harmless;
+- a job's state only moves forward (submitting → queued → running → terminal)
+  and the first terminal state wins, so late, duplicate or reordered events are
+  harmless. A worker's event may come before the broker's confirm reached the
+  gateway that published the request: it moves a `submitting` job on as it
+  would a `queued` one, and the confirm then only drops the kept request;
+- a `submitting` job's request body is kept until the job leaves that state;
 - `attempt` says which run the stored record describes: an event of a higher
   attempt (a redelivery after a worker died) replaces the stored output, an
   event of a lower one is stale and ignored;
@@ -23,7 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 from ocho.gateway.store.output import NOTICE_ROOM, utf8_prefix
 from ocho.gateway.store.records import Job, text
-from ocho.message import CANCELLED, FINISHED, OUTPUT, QUEUED, REJECTED, RUNNING, STARTED
+from ocho.message import (
+    CANCELLED,
+    FINISHED,
+    OUTPUT,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    STARTED,
+    SUBMITTING,
+)
+
+# The states in which a job waits for a worker.
+WAITING = (SUBMITTING, QUEUED)
 
 if TYPE_CHECKING:
     from ocho.gateway.store.transaction import StoreTransaction
@@ -35,6 +51,8 @@ class JobRecord:
         self.job = job
 
     def _set(self, **values: Any) -> None:
+        if self.job.state == SUBMITTING and values.get("state", SUBMITTING) != SUBMITTING:
+            self.tx.update(self.job.id, request=None)  # it is past needing a republish
         self.tx.update(self.job.id, **values)
         if values.get("state", self.job.state) != self.job.state:
             self.tx.count(self.job.state, -1)
@@ -81,7 +99,7 @@ class JobRecord:
 
     def start(self, event: dict[str, Any], ts: float) -> bool:
         values: dict[str, Any] = {}
-        if self.job.state == QUEUED:
+        if self.job.state in WAITING:
             values["state"] = RUNNING
         if self.job.started_at is None:
             values["started_at"] = ts
@@ -93,7 +111,7 @@ class JobRecord:
 
     def add_output(self, event: dict[str, Any]) -> bool:
         values, kept = self._write_chunk(event)
-        if self.job.state == QUEUED:
+        if self.job.state in WAITING:
             values["state"] = RUNNING  # the started event is late or lost
         if values:
             self._set(**values)
@@ -150,9 +168,18 @@ class JobRecord:
         self._set(state=REJECTED, reason=text(reason), finished_at=now)
         return True
 
+    def confirmed(self) -> bool:
+        """The broker confirmed the job's request: `queued`, unless a worker's event (or a
+        cancel) already moved it on."""
+        if self.job.state != SUBMITTING:
+            return False
+        self._set(state=QUEUED)
+        return True
+
     def cancel_if_queued(self, now: float) -> bool:
-        """`cancelled` if still waiting in the queue; other states stay as they are."""
-        if self.job.state != QUEUED:
+        """`cancelled` if still waiting for a worker (`submitting` or `queued`); other
+        states stay as they are."""
+        if self.job.state not in WAITING:
             return False
         self._set(state=CANCELLED, finished_at=now, reason="cancelled before it started")
         return True
@@ -198,6 +225,7 @@ class JobRecord:
         return self.job
 
     def _insert_chunk(self, offset: int, stream: str, data: bytes) -> None:
+        self.tx.touch(self.job.id)
         self.tx.execute(
             "INSERT INTO job_output (job_id, attempt, byte_offset, byte_size, stream, data) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, attempt, byte_offset) DO NOTHING",

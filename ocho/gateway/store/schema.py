@@ -82,9 +82,24 @@ def _v2_counts_and_retention(d: Dialect) -> list[str]:
     ]
 
 
+def _v3_submitting(d: Dialect) -> list[str]:
+    # A job is recorded `submitting` with its request body before it is published, so
+    # that a gateway dying before the broker's confirm leaves something to republish:
+    # `request` is that body (cleared once confirmed), `claimed_at` when a gateway last
+    # took it upon itself to publish it, `digest` what a retry with the same id must
+    # match (kept after the body is cleared).
+    return [
+        f"ALTER TABLE jobs ADD COLUMN request {d.blob_type}",
+        f"ALTER TABLE jobs ADD COLUMN claimed_at {d.float_type}",
+        "ALTER TABLE jobs ADD COLUMN digest TEXT",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and their output in chunks", _v1_jobs_and_output),
     Migration(2, "job counts by state; index on finished_at", _v2_counts_and_retention),
+    Migration(3, "submitting jobs keep their request until the broker confirmed it",
+              _v3_submitting),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -10,6 +10,9 @@ Job counts by state (the `job_counts` table) change with every insert, state
 change and delete; the changes are summed here and written once, just before
 commit, in one order of states, so concurrent transactions never deadlock on
 those rows and a rolled-back transaction changes no count.
+
+Every job a transaction changes is noted in `touched`, so that the store can
+tell other gateways which jobs changed when it commits (LISTEN/NOTIFY).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class StoreTransaction:
         self.output_cap = output_cap
         self.cur = cur
         self._count_changes: Counter[str] = Counter()
+        self.touched: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -78,21 +82,31 @@ class StoreTransaction:
         """The job's row, locked for this transaction, ready for a state change."""
         return JobRecord(self, self.job(job_id, lock=True))
 
+    def touch(self, job_id: str) -> None:
+        """Note that the job changed (its waiters, on any gateway, should look again)."""
+        self.touched.add(job_id)
+
     def update(self, job_id: str, **values: Any) -> None:
+        self.touch(job_id)
         assignments = ", ".join(f"{name} = ?" for name in values)
         self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
 
     def insert_job(self, job_id: str, *, tool: str | None, args: list[str] | None = None,
                    timeout: int | None = None, correlation_id: str | None = None,
-                   created_at: float) -> bool:
-        """Insert a `queued` job unless the id exists; True if inserted."""
+                   created_at: float, state: str = QUEUED, request: bytes | None = None,
+                   digest: str | None = None) -> bool:
+        """Insert a job (`queued` unless said otherwise) unless the id exists; True if
+        inserted. A `request` body is kept until the broker confirmed it."""
         inserted = self.execute(
             "INSERT INTO jobs (id, tool, args, state, attempt, correlation_id, created_at, "
-            "timeout) VALUES (?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (job_id, text(tool), json.dumps(args or []), QUEUED, text(correlation_id),
-             created_at, timeout)) > 0
+            "timeout, request, claimed_at, digest) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
+            (job_id, text(tool), json.dumps(args or []), state, text(correlation_id),
+             created_at, timeout, request, created_at if request is not None else None,
+             digest)) > 0
         if inserted:
-            self.count(QUEUED, 1)
+            self.count(state, 1)
+            self.touch(job_id)
         return inserted
 
     # -- events -----------------------------------------------------------------------------
