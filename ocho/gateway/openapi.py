@@ -256,7 +256,9 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "operationId": "submitJob",
                 "description": "JSON with files as base64, or a multipart form with a `line` "
                                "(or `tool` and `args`) and the files as parts. Answered once "
-                               "RabbitMQ confirmed it holds the request.",
+                               "RabbitMQ confirmed it holds the request. Idempotent by `id`: "
+                               "sending the same request with the same `id` again (after a "
+                               "lost answer) returns that job, never a second one.",
                 "tags": ["jobs"],
                 "parameters": [{"in": "header", "name": "X-Correlation-Id", "required": False,
                                 "schema": CORRELATION_HEADER,
@@ -271,8 +273,15 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                     "202": _json("Job", "Accepted: the job is queued.", headers={
                         "Location": {"description": "/jobs/<id>",
                                      "schema": {"type": "string"}}}, links=JOB_LINKS),
+                    "200": _json("Job", "A retry: a job with this `id` and the same request "
+                                 "(tool, args, files, timeout) exists; it is answered as it "
+                                 "stands, `submitting` if the gateway that took it stopped "
+                                 "before the broker confirmed it (any gateway publishes it "
+                                 "again shortly).", headers={
+                        "Location": {"description": "/jobs/<id>",
+                                     "schema": {"type": "string"}}}, links=JOB_LINKS),
                     "400": BAD_REQUEST,
-                    "409": _error("A job with that `id` exists."),
+                    "409": _error("A job with that `id` exists with a different request."),
                     "413": TOO_LARGE,
                     "503": _error("The broker is unreachable or did not confirm; nothing was "
                                   "submitted.") | {"headers": RETRY_AFTER},

@@ -47,8 +47,9 @@ class JobSchema(Schema):
                      "named none")
     args = fields.List(fields.String(), required=True,
                        metadata={"description": "the tool's arguments, as a list"})
-    state = _text("queued, running, then one of succeeded, failed, timed_out, cancelled; "
-                  "rejected if it never ran", validate=validate.OneOf(STATES))
+    state = _text("submitting (recorded, the broker's confirm not yet in), queued, running, "
+                  "then one of succeeded, failed, timed_out, cancelled; rejected if it never "
+                  "ran", validate=validate.OneOf(STATES))
     exit_code = _nullable(fields.Integer, "the tool's exit code once it exited; negative: "
                           "the signal that killed it")
     attempt = fields.Integer(required=True, metadata={
@@ -169,7 +170,8 @@ class ErrorSchema(Schema):
 class JobSubmitSchema(JobRequestSchema):
     """POST /jobs as JSON: a job request, plus the client's correlation id."""
 
-    correlation_id = fields.String(validate=validate.Length(max=255), metadata={
+    # null is taken as absent (as the gateway always did; a retry's 200 showed it).
+    correlation_id = fields.String(allow_none=True, validate=validate.Length(max=255), metadata={
         "description": "echoed on the job and on every AMQP event (printable characters); "
                        "the X-Correlation-Id header does the same"})
 
