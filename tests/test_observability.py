@@ -210,3 +210,28 @@ def test_text_logs_keep_a_traceback_with_its_event(tmp_path: Path) -> None:
     assert lines[-1] == "ValueError: boom"
     assert "not at info" not in out.getvalue()
     time.sleep(0)  # nothing else: configure leaves no thread behind
+
+
+def test_a_taken_metrics_port_or_a_bad_setting_is_one_line_and_status_2(tmp_path: Path) -> None:
+    import os
+    import socket
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            ("ocho-worker", {"OCHO_METRICS_BIND": f"127.0.0.1:{port}"},
+             f"ocho-worker: OCHO_METRICS_BIND=127.0.0.1:{port}: cannot listen there"),
+            ("ocho-worker", {"OCHO_METRICS_BIND": "9101"}, "ocho-worker: OCHO_METRICS_BIND="),
+            ("ocho-gateway", {"OCHO_RETENTION": "forever"}, "ocho-gateway: OCHO_RETENTION="),
+            ("ocho-gateway", {"OCHO_LOG_FORMAT": "xml"}, "ocho-gateway: OCHO_LOG_FORMAT="),
+        ]
+        for program, env, expected in cases:
+            done = subprocess.run([str(bin_dir / program)], cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=60, env={**os.environ, **env})
+            assert done.returncode == 2, (program, env, done.stderr)
+            assert done.stderr.startswith(expected), done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -28,12 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings)
     metrics = WorkerMetrics(settings)
+    if settings.metrics_bind:
+        try:
+            metrics.listen(settings.metrics_bind)
+        except SettingsError as exc:
+            print(f"ocho-worker: {exc}", file=sys.stderr)
+            return 2
     worker = Worker(settings, metrics)
-    if settings.metrics_bind:  # a thread: only after Worker forked its helpers
-        metrics.serve(settings.metrics_bind)
+    metrics.serve()  # a thread: only once Worker forked its helpers
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()
+    metrics.close()
     return 0
 
 

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from ocho.errors import SettingsError
 from ocho.settings import Settings
 from ocho.worker import runner
 
@@ -47,6 +44,7 @@ class WorkerMetrics:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
         self.slots.set(settings.concurrency)
+        self._server: WSGIServer | None = None
 
     def _declare(self) -> None:
         def make(kind: Any, name: str, text: str, labels: tuple[str, ...] = (),
@@ -103,8 +101,34 @@ class WorkerMetrics:
 
     # -- the endpoint ---------------------------------------------------------------------
 
-    def serve(self, bind: str) -> None:
-        """Serve GET /metrics on HOST:PORT from a daemon thread."""
+    def listen(self, bind: str) -> None:
+        """Bind HOST:PORT now (a taken port is a SettingsError, said at start); serve only
+        once serve() is called, so no thread exists before the worker forks its helpers."""
         host, _, port = bind.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
-        log.info("worker metrics on http://%s/metrics", bind)
+        try:
+            self._server = make_server(host.strip("[]"), int(port),
+                                       make_wsgi_app(self.registry), handler_class=_Quiet)
+        except OSError as exc:
+            raise SettingsError(f"OCHO_METRICS_BIND={bind}: cannot listen there: "
+                                f"{exc.strerror or exc}") from None
+
+    def serve(self) -> None:
+        """Answer GET /metrics from a daemon thread (after listen())."""
+        if self._server is None:
+            return
+        threading.Thread(target=self._server.serve_forever, name="metrics",
+                         daemon=True).start()
+        host, port = self._server.server_address[:2]
+        log.info("worker metrics on http://%s:%s/metrics", host, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class _Quiet(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
