@@ -78,12 +78,12 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = portal
     error_handlers.register(app)
+    access_log.install(app)  # first: its clock starts before auth answers a 401
     auth.install(app, settings.tokens)
     for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint,
                       web.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
     metrics.install(app, portal)
-    access_log.install(app)
     if background:
         portal.start()
     return app
