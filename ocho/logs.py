@@ -6,7 +6,8 @@ Invariants:
   `TIME LEVEL LOGGER: MESSAGE`; `json` is one JSON object a line with `ts`
   (ISO 8601, UTC), `level`, `logger`, `message`, every structured field the
   event was logged with (`extra=`, e.g. the access log's `method`, `path`,
-  `status`, `ms`, `job_id`) and a traceback under `exc`;
+  `status`, `ms`, `job_id`), `job_id` also when the message names a job
+  ("job <uuid> …", as every job event does), and a traceback under `exc`;
 - a traceback in `text` stays part of its event (indented lines that follow);
 - pika's own reconnect chatter is left out below WARNING: ours says it.
 
@@ -20,12 +21,14 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import sys
 from typing import IO, Any
 
 from ocho.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOB_IN_MESSAGE = re.compile(r"\bjob ([0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})\b")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -45,6 +48,8 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update({key: value for key, value in record.__dict__.items()
                       if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")})
+        if "job_id" not in entry and (named := JOB_IN_MESSAGE.search(entry["message"])):
+            entry["job_id"] = named.group(1)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

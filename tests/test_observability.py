@@ -172,9 +172,9 @@ def test_every_request_is_one_access_log_line_without_secrets(
 def test_json_logs_are_one_object_a_line_with_the_job_id(stack: Stack,
                                                           http: requests.Session) -> None:
     job_id = run_hello(stack, http)
-    wait_for(lambda: any(job_id in e["message"] and "succeeded" in e["message"]
+    wait_for(lambda: any(e.get("job_id") == job_id and "succeeded" in e["message"]
                          for e in json_lines(stack, "worker0.log")),
-             timeout=10, what="the worker's finished line")
+             timeout=10, what="the worker's finished line, with its job_id field")
     for name in ("gateway.log", "worker0.log"):
         entries = json_lines(stack, name)
         assert entries, name
