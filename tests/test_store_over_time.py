@@ -224,3 +224,35 @@ def test_a_failed_transaction_changes_no_count(store: Store) -> None:
         tx.insert_job(new_id(), tool="ls", created_at=time.time())
         raise RuntimeError("the batch broke")
     assert store.count_by_state()["queued"] == 0
+
+
+def test_concurrent_batches_keep_the_counts_exact_and_never_deadlock(store: Store) -> None:
+    """Two recorders applying batches at once (sorted by job, as the recorder does) each
+    change several counts per transaction; the counts end exactly as the jobs are."""
+    jobs = sorted(new_id() for _ in range(40))
+    for job_id in jobs:
+        store.create_job(job_id, "ls", [], timeout=30)
+    errors: list[BaseException] = []
+
+    def recorder(events: list[dict[str, Any]]) -> None:
+        try:
+            for start in range(0, len(events), 8):
+                batch = sorted(events[start:start + 8], key=lambda e: e["id"])
+                with store.transaction() as tx:
+                    for event in batch:
+                        tx.apply_event(event)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    starts = [{"type": "started", "id": j, "attempt": 1} for j in jobs]
+    ends = [{"type": "finished", "id": j, "attempt": 1,
+             "state": "succeeded" if i % 2 else "failed"} for i, j in enumerate(jobs)]
+    threads = [threading.Thread(target=recorder, args=(events,))
+               for events in (starts, ends[::-1], starts[::-1], ends)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    counts = {state: n for state, n in store.count_by_state().items() if n}
+    assert counts == {"succeeded": 20, "failed": 20}

@@ -35,6 +35,7 @@ from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.settings import Settings
 from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
+from ocho.worker.metrics import WorkerMetrics
 from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
@@ -67,8 +68,9 @@ class RunningJob:
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics(settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Forked first, while this process has a single thread.
         self.reaper = Reaper()
@@ -148,6 +150,7 @@ class Worker:
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: pika.SelectConnection, reason: Any) -> None:
+        self.metrics.disconnected()
         if not self.stopping.is_set():
             log.warning("worker %s: broker connection lost (%s); reconnecting", self.name,
                         describe(reason))
@@ -155,6 +158,7 @@ class Worker:
         connection.ioloop.stop()
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        self.metrics.connected()
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
@@ -280,7 +284,7 @@ class Worker:
         headers = props.headers or {}
         attempt = 1 + int(headers.get("x-delivery-count") or 0)
         delivery = Delivery(channel, method.delivery_tag, props, attempt)
-        self.pool.submit(self._handle, delivery, body)
+        self.pool.submit(self.metrics.in_slot(self._handle), delivery, body)
 
     def _handle(self, delivery: Delivery, body: bytes) -> None:
         try:
@@ -311,6 +315,7 @@ class Worker:
             self._running[job.id] = RunningJob(job, delivery, control)
         try:
             log.info("job %s started: %s attempt %d", job.id, job.tool, job.attempt)
+            self.metrics.job_started(job.tool)
 
             def emit(stream: str, offset: int, data: str) -> None:
                 self._publish(delivery, {"type": message.OUTPUT, "id": job.id,
@@ -386,6 +391,7 @@ class Worker:
     def _finish(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome) -> None:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
                  outcome.ms, " (output truncated)" if outcome.truncated else "")
+        self.metrics.job_finished(job.tool, outcome.state, outcome.ms)
         self._publish(delivery, _finished_event(job.id, job.tool, delivery.attempt, outcome,
                                                 self.name), then_ack=True)
 
@@ -393,6 +399,7 @@ class Worker:
                 tool: str | None = None) -> None:
         """Report a request that must never run, then dead-letter it."""
         log.warning("job %s rejected: %s", job_id or "(no id)", reason)
+        self.metrics.job_finished(tool, message.REJECTED, 0)
         if job_id is not None:
             outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
             self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome,

@@ -5,10 +5,12 @@ One module per concept:
 - `records`: the immutable snapshots handed out (Job, Chunk, OutputSlice, JobPage);
 - `dialect`: what differs between SQLite (a file, WAL) and PostgreSQL;
 - `pool`: the bounded connection pool;
-- `schema`: the tables;
+- `schema`: the tables, their version and the ordered migrations;
 - `machine`: the job state machine, state changes as methods on a locked row;
-- `transaction`: SQL plumbing inside one transaction, handing rows to the machine;
+- `transaction`: SQL plumbing inside one transaction, handing rows to the machine,
+  and the job counts by state it keeps;
 - `output`: stored chunks → a slice of output from a byte offset;
+- `retention`: deleting ended jobs past a cut-off, a batch at a time;
 - `jobstore`: Store, the object the gateway uses.
 
 Callers import from here: `from ocho.gateway.store import Store, Job`.
