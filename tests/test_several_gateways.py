@@ -19,6 +19,8 @@ from typing import Any
 
 import requests
 
+from ocho.gateway.store import Store
+from ocho.message import dump_request
 from tests.infra import PrivatePostgres, Stack
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "rejected"}
@@ -178,3 +180,35 @@ def test_an_idle_gateway_answers_after_its_postgresql_restarted(
     finally:
         stack.stop()
         pg.stop()
+
+
+def test_left_over_submissions_are_published_again_or_rejected_with_a_reason(
+        tmp_path: Path, amqp_url: str, tools_dir: Path) -> None:
+    """Rows a dead gateway left `submitting` (written here straight into the store, as
+    it would have): a running gateway publishes the recent one, so it runs, and rejects
+    the one older than an hour, saying why."""
+    database = f"sqlite:///{tmp_path / 'ocho.sqlite3'}"
+    store = Store(database, output_cap=4096)
+    recent, old = str(uuid.uuid4()), str(uuid.uuid4())
+    for job_id in (recent, old):
+        request = {"id": job_id, "tool": "exit", "args": ["0"], "files": {}, "timeout": 30}
+        store.record_submission(job_id, "exit", ["0"], timeout=30, correlation_id=None,
+                                request=dump_request(request), digest="d")
+    with store.transaction() as tx:  # left a minute, and two hours, ago
+        tx.execute("UPDATE jobs SET created_at = created_at - 60, "
+                   "claimed_at = claimed_at - 60 WHERE id = ?", (recent,))
+        tx.execute("UPDATE jobs SET created_at = created_at - 7200, "
+                   "claimed_at = claimed_at - 7200 WHERE id = ?", (old,))
+    store.close()
+    stack = Stack(tmp_path, amqp_url, database, tools_dir=tools_dir, confirm_timeout=1,
+                  recover_interval=1)
+    try:
+        stack.start_gateway()
+        stack.start_worker(concurrency=1)
+        assert stack.wait(recent, timeout=30)["state"] == "succeeded"
+        rejected = stack.wait(old, timeout=30)
+        assert rejected["state"] == "rejected"
+        assert "its gateway stopped before the broker confirmed" in rejected["reason"]
+        assert "published again" in stack.read_log("gateway.log")
+    finally:
+        stack.stop()
