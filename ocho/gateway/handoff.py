@@ -28,8 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ocho.errors import BrokerUnavailable, PublishRejected
-from ocho.gateway.store import Job
-from ocho.gateway.store.jobstore import Unconfirmed
+from ocho.gateway.store import Job, Unconfirmed
 from ocho.gateway.submission import Submission
 from ocho.message import SUBMITTING, decode_files, dump_request
 

@@ -2,9 +2,12 @@
 
 One module per concept:
 
-- `records`: the immutable snapshots handed out (Job, Chunk, OutputSlice, JobPage);
+- `records`: the immutable snapshots handed out (Job, Chunk, OutputSlice, JobPage,
+  Unconfirmed);
 - `dialect`: what differs between SQLite (a file, WAL) and PostgreSQL;
-- `pool`: the bounded connection pool;
+- `pool`: the bounded connection pool, which checks a connection before handing
+  it out;
+- `listener`: hearing which jobs other gateways changed (PostgreSQL LISTEN);
 - `schema`: the tables, their version and the ordered migrations;
 - `machine`: the job state machine, state changes as methods on a locked row;
 - `transaction`: SQL plumbing inside one transaction, handing rows to the machine,
@@ -20,8 +23,15 @@ HTTP layer decides how to word them for a client.
 
 from ocho.gateway.store.jobstore import Store
 from ocho.gateway.store.output import CHUNKS_PER_READ, NOTICE_ROOM
-from ocho.gateway.store.records import MAX_TEXT, Chunk, Job, JobPage, OutputSlice
+from ocho.gateway.store.records import (
+    MAX_TEXT,
+    Chunk,
+    Job,
+    JobPage,
+    OutputSlice,
+    Unconfirmed,
+)
 from ocho.gateway.store.transaction import StoreTransaction
 
 __all__ = ["CHUNKS_PER_READ", "MAX_TEXT", "NOTICE_ROOM", "Chunk", "Job", "JobPage",
-           "OutputSlice", "Store", "StoreTransaction"]
+           "OutputSlice", "Store", "StoreTransaction", "Unconfirmed"]

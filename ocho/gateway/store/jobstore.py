@@ -19,7 +19,6 @@ changed (PostgreSQL NOTIFY); `listen` starts hearing the others' changes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -33,22 +32,19 @@ from ocho.gateway.store.dialect import Postgres, dialect_for
 from ocho.gateway.store.listener import ChangeListener
 from ocho.gateway.store.output import CHUNKS_PER_READ, NOTICE_ROOM, slice_output
 from ocho.gateway.store.pool import ConnectionPool
-from ocho.gateway.store.records import SELECT_JOB, Job, JobPage, OutputSlice, job_from_row
+from ocho.gateway.store.records import (
+    SELECT_JOB,
+    Job,
+    JobPage,
+    OutputSlice,
+    Unconfirmed,
+    job_from_row,
+)
 from ocho.gateway.store.transaction import StoreTransaction
 from ocho.message import QUEUED, STATES, SUBMITTING
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Unconfirmed:
-    """A `submitting` job claimed for publishing again, with what it was submitted with."""
-
-    id: str
-    request: bytes | None  # the request body as first published; None if lost
-    correlation_id: str | None
-    created_at: float
 
 
 class Store:

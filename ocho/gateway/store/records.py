@@ -77,6 +77,16 @@ class OutputSlice:
 
 
 @dataclasses.dataclass(frozen=True)
+class Unconfirmed:
+    """A `submitting` job claimed for publishing again, with what it was submitted with."""
+
+    id: str
+    request: bytes | None  # the request body as first published; None if lost
+    correlation_id: str | None
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
     next: str | None  # pass as `before` to get the following (older) page
