@@ -8,7 +8,17 @@ from flask import Flask, Request
 from werkzeug.formparser import FormDataParser
 
 from ocho.errors import InvalidRequest
-from ocho.gateway import auth, error_handlers, health, jobs, metrics, openapi, shell, tools, web
+from ocho.gateway import (
+    error_handlers,
+    guard,
+    health,
+    jobs,
+    metrics,
+    openapi,
+    shell,
+    tools,
+    web,
+)
 from ocho.gateway.catalog import ToolCatalog
 from ocho.gateway.notifier import JobNotifier
 from ocho.gateway.publisher import Publisher
@@ -65,7 +75,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = portal
     error_handlers.register(app)
-    auth.install(app, settings.tokens)
+    guard.install(app, guard.Rules(settings))
     for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint,
                       web.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
