@@ -45,6 +45,7 @@ READ_SIZE = 64 * 1024
 # call is a 503 rather than a forgotten signature that could be replayed.
 MAX_SEEN = 100_000
 HOW_TO_SIGN = "sign it as the README's Security section says"
+OR_TOKEN = "or send 'Authorization: Bearer <token>'"
 
 
 class SeenSignatures:
@@ -113,11 +114,11 @@ class Credentials:
         if not abs(self._clock() - signed_at) <= self.max_age:  # NaN fails too
             raise Unauthorized(
                 f"{TIMESTAMP_HEADER} must be the unix time the call was signed, within "
-                f"{self.max_age:g} s of the gateway's clock (OCHO_SIGNATURE_MAX_AGE); "
-                f"{HOW_TO_SIGN}")
+                f"{self.max_age:g} s of the gateway's clock (OCHO_SIGNATURE_MAX_AGE): "
+                f"{HOW_TO_SIGN}, {OR_TOKEN}")
         if _normal(signature) in self.seen:
             raise Unauthorized(f"this {SIGNATURE_HEADER} was already used: a signed call is "
-                               f"good once; sign each call anew")
+                               f"good once; sign each call anew, {OR_TOKEN}")
 
     def verify_shell(self, http: Request) -> None:
         """Verify the signature of a POST /shell (reads its files) and spend it."""
@@ -126,12 +127,12 @@ class Credentials:
             raise Unauthorized(
                 f"{SIGNATURE_HEADER} does not match this call (timestamp, query, correlation "
                 f"id, command line and files): {HOW_TO_SIGN}, with one of the portal's "
-                "tokens, or send 'Authorization: Bearer <token>'")
+                f"tokens, {OR_TOKEN}")
         self._check_fresh(signature, http.headers.get(TIMESTAMP_HEADER))
         signed_at = float(http.headers[TIMESTAMP_HEADER])
         if not self.seen.add(_normal(signature), signed_at + self.max_age):
             raise Unauthorized(f"this {SIGNATURE_HEADER} was already used: a signed call is "
-                               "good once; sign each call anew")
+                               f"good once; sign each call anew, {OR_TOKEN}")
 
 
 def bearer_ok(authorization: str, keys: list[bytes]) -> bool:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from ocho import logsafe
 from ocho.errors import SettingsError, StoreUnavailable
 from ocho.gateway import serving
 from ocho.gateway.app import create_app
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafe.install()  # no input can forge a log line
     logging.getLogger("pika").setLevel(logging.WARNING)  # its reconnect chatter is ours to say
 
     try:

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ocho import logsafe
 from ocho.errors import SettingsError
 from ocho.settings import Settings
 from ocho.worker.consumer import Worker
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logsafe.install()  # no input can forge a log line
     logging.getLogger("pika").setLevel(logging.WARNING)
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
