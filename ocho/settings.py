@@ -67,6 +67,8 @@ class Settings:
     signature_max_age: float = 300.0
     # Open connections the gateway holds at once (slow clients included).
     max_connections: int = 2000
+    # Seconds a request's headers may take to arrive (a slowloris trickles them).
+    header_timeout: float = 30.0
     k8s_host: str = ""
     k8s_token: str = ""
     k8s_ca_file: str = ""
@@ -120,6 +122,8 @@ class Settings:
             raise SettingsError("OCHO_SIGNATURE_MAX_AGE must be a positive number of seconds")
         if self.max_connections < 10:
             raise SettingsError("OCHO_MAX_CONNECTIONS must be at least 10")
+        if self.header_timeout <= 0:
+            raise SettingsError("OCHO_HEADER_TIMEOUT must be a positive number of seconds")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
 

@@ -36,6 +36,7 @@ SHELL_PATH = "/shell"
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"
 SIGNATURE_PREFIX = "sha256="
+CHALLENGE = 'Bearer realm="ocho"'  # the WWW-Authenticate of every 401
 LINE_HEADER = "X-Shell"
 CORRELATION_HEADER = "X-Correlation-Id"
 # Where the HTTP server puts the X-Shell line as sent (bytes) in the WSGI environ.

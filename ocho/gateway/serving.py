@@ -6,8 +6,8 @@ file descriptors, not threads, and so that nothing is read past a refused head.
   sends a byte every few seconds holds a socket and a small buffer, never a
   thread. The connection limit is OCHO_MAX_CONNECTIONS (waitress's default of 100
   let 100 slow clients lock everyone out), polled with poll(2) (select(2) stops at
-  1024 descriptors), and headers must be complete within HEADER_TIMEOUT_S of their
-  first byte.
+  1024 descriptors), and headers must be complete within OCHO_HEADER_TIMEOUT
+  seconds of their first byte.
 - **The head decides before the body.** As soon as a request's headers are parsed,
   the gateway's rules (ocho.gateway.guard: NUL, Host, the token, Origin, forms)
   run on them; a refused request is answered at once and its body is never read.
@@ -39,12 +39,10 @@ from werkzeug.exceptions import HTTPException
 from ocho.gateway import auth, guard
 from ocho.settings import Settings
 
-# A slowloris client keeps a request's headers unfinished for as long as it can;
-# a real client sends them in one go.
-HEADER_TIMEOUT_S = 30.0
 # A connection with nothing to do is closed after this long (keep-alive included).
 IDLE_TIMEOUT_S = 60
 CLEANUP_INTERVAL_S = 10
+ACCEPT_BATCH = 64
 
 
 class Refused(Error):
@@ -55,6 +53,8 @@ class Refused(Error):
         self.code = exc.code or 400
         self.reason = exc.name
         self.headers = list(exc.get_headers())
+        if self.code == 401:
+            self.headers.append(("WWW-Authenticate", auth.CHALLENGE))
 
 
 class JsonErrorTask(ErrorTask):
@@ -129,11 +129,14 @@ class GatedParser(HTTPRequestParser):
 class Channel(HTTPChannel):
     error_task_class = JsonErrorTask
     task_class = Task
+    # A slowloris client keeps a request's headers unfinished for as long as it can;
+    # a real client sends them in one go.
+    header_timeout: float
 
     def received(self, data: bytes) -> bool:
         request = self.request
         if (request is not None and not request.headers_finished
-                and time.monotonic() - request.began > HEADER_TIMEOUT_S):
+                and time.monotonic() - request.began > self.header_timeout):
             self.will_close = True  # headers trickling in for this long: a slowloris
             return False
         return bool(super().received(data))
@@ -159,6 +162,24 @@ def create_server(app: Any, settings: Settings, **options: Any) -> Any:
         app, max_request_body_size=settings.max_request_bytes + 1,
         connection_limit=settings.max_connections, asyncore_use_poll=True,
         channel_timeout=IDLE_TIMEOUT_S, cleanup_interval=CLEANUP_INTERVAL_S, **options)
+    _accept_in_batches(server)
     parser = type("Parser", (GatedParser,), {"rules": guard.of(app)})
-    server.channel_class = type("Channel", (Channel,), {"parser_class": parser})
+    server.channel_class = type("Channel", (Channel,), {
+        "parser_class": parser, "header_timeout": settings.header_timeout})
     return server
+
+
+def _accept_in_batches(server: Any) -> None:
+    """Accept up to ACCEPT_BATCH waiting connections per turn of the I/O loop, not one:
+    each turn polls every open connection, so with a thousand slow clients open a
+    burst of new ones (or a real client behind them) waited seconds to get in."""
+    accept_one = server.handle_accept
+
+    def handle_accept() -> None:
+        for _ in range(ACCEPT_BATCH):
+            before = len(server._map)
+            accept_one()
+            if len(server._map) == before or before + 1 >= server.adj.connection_limit:
+                return  # none was waiting (or the limit is reached)
+
+    server.handle_accept = handle_accept
