@@ -377,8 +377,9 @@ def test_the_readme_recipes_sign_as_the_gateway_checks(portal: Portal, tmp_path:
     headers = namespace["sign"](FILE_TOKEN, line, files, query="timeout=45",
                                 correlation_id="readme-2")
     stamp = float(headers["X-Signature-Timestamp"])
-    assert headers == {"X-Shell": line.encode(), **sign(
+    expected = {"X-Shell": line.encode(), **sign(
         FILE_TOKEN, line.encode(), files, b"timeout=45", b"readme-2", timestamp=stamp)}
+    assert headers == {k: v if isinstance(v, bytes) else v.encode() for k, v in expected.items()}
     upload = {name: (name, content) for name, content in files.items()}
     response = requests.post(f"{portal.url}/shell?timeout=45", headers=headers, files=upload,
                              timeout=60)
