@@ -628,6 +628,27 @@ def test_a_100_mb_upload_is_413_without_the_gateway_reading_it(stack: infra.Stac
     assert requests.get(f"{stack.url}/healthz", timeout=10).status_code == 200
 
 
+def test_an_unauthenticated_body_is_never_read(stack: infra.Stack) -> None:
+    """The 401 comes from the headers: a client that declares a body and sends none of it
+    has its answer at once, so nothing of a body it did send would have been read."""
+    start = b"Host: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+    heads = {
+        "no token": b"POST /jobs HTTP/1.1\r\n" + start + b"Content-Length: 4000000\r\n",
+        "a wrong token, chunked": b"POST /jobs HTTP/1.1\r\n" + start
+        + b"Authorization: Bearer wrong\r\nTransfer-Encoding: chunked\r\n",
+        "a signature without a timestamp": b"POST /shell HTTP/1.1\r\n" + start
+        + b"X-Shell: ls\r\nX-Signature: sha256=00\r\nContent-Length: 4000000\r\n",
+        "a stale signature": b"POST /shell HTTP/1.1\r\n" + start + b"X-Shell: ls\r\n"
+        + b"X-Signature: sha256=00\r\nX-Signature-Timestamp: 1000\r\nContent-Length: 4000000\r\n",
+    }
+    for what, head in heads.items():
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+            sock.sendall(head + b"Expect: 100-continue\r\n\r\n")
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 "), (what, answer[:200])
+        assert b"www-authenticate: bearer" in answer.lower(), what
+
+
 # -- 5. the tools' environment and limits ------------------------------------------------------
 
 
