@@ -6,8 +6,8 @@ file descriptors, not threads, and so that nothing is read past a refused head.
   sends a byte every few seconds holds a socket and a small buffer, never a
   thread. The connection limit is OCHO_MAX_CONNECTIONS (waitress's default of 100
   let 100 slow clients lock everyone out), polled with poll(2) (select(2) stops at
-  1024 descriptors), and headers must be complete within OCHO_HEADER_TIMEOUT
-  seconds of their first byte.
+  1024 descriptors), new connections are accepted in batches, and headers must be
+  complete within OCHO_HEADER_TIMEOUT seconds of their first byte.
 - **The head decides before the body.** As soon as a request's headers are parsed,
   the gateway's rules (ocho.gateway.guard: NUL, Host, the token, Origin, forms)
   run on them; a refused request is answered at once and its body is never read.
