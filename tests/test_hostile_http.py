@@ -10,9 +10,12 @@ Sec-Fetch-*, a Mozilla/… User-Agent): no browser is installed here.
 
 from __future__ import annotations
 
+import http.server
 import json
+import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -164,6 +167,78 @@ def test_the_page_curl_and_the_cli_still_submit(stack: infra.Stack, tmp_path: Pa
     original = post(stack, "/shell", headers={"X-Shell": "args old"},
                     files={"a.yml": ("a.yml", b"x")})
     assert original.status_code == 200 and original.json()["ok"], original.text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ATTACK_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"></head>
+<body>
+<form id="gateway" method="POST" action="{gateway}/jobs" enctype="multipart/form-data"
+      target="one"><input name="line" value="args csrf-form"></form>
+<form id="control" method="POST" action="/control-form" target="two">
+  <input name="x" value="1"></form>
+<iframe name="one"></iframe><iframe name="two"></iframe>
+<script>
+document.getElementById("gateway").submit();
+document.getElementById("control").submit();
+const attack = {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                body: '{{"tool": "args", "args": ["csrf-fetch"]}}'}};
+fetch("{gateway}/jobs", attack).catch(() => null)
+  .then(() => fetch("/control-fetch", attack));
+</script></body></html>"""
+
+
+class AttackerSite:
+    """Another origin (another port of 127.0.0.1) serving ATTACK_PAGE; it records the
+    control requests the page sends to itself, which prove the browser ran it."""
+
+    def __init__(self, gateway: str) -> None:
+        page = ATTACK_PAGE.format(gateway=gateway).encode()
+        self.received: list[str] = []
+        received = self.received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(page)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
+def test_a_real_browser_on_another_site_cannot_submit(stack: infra.Stack, tmp_path: Path) -> None:
+    site = AttackerSite(stack.url)
+    try:
+        assert CHROMIUM is not None
+        done = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}",
+             "--virtual-time-budget=5000", "--dump-dom", site.url],
+            capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-2000:]
+        infra.wait_for(lambda: len(site.received) == 2, timeout=10,
+                       what="the attack page's control requests")
+    finally:
+        site.close()
+    assert sorted(site.received) == ["/control-fetch", "/control-form"]  # the page ran
+    jobs = requests.get(f"{stack.url}/jobs", params={"limit": 500}, timeout=10).json()["jobs"]
+    assert not [job for job in jobs if any(a.startswith("csrf-") for a in job["args"])]
 
 
 # -- bodies and parameters --------------------------------------------------------------------
