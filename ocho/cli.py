@@ -194,6 +194,7 @@ class Gateway:
             target += "?" + urlencode(given)
         headers = dict(headers or {})
         headers["User-Agent"] = "ocho-cli"
+        headers["X-Ocho-Client"] = "cli"  # see the README's Security: not a cross-site form
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         kind = http.client.HTTPSConnection if self._scheme == "https" else \

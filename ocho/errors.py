@@ -56,3 +56,8 @@ class JobConflict(OchoError):
 
 class StoreUnavailable(OchoError):
     """The job store (SQLite file or PostgreSQL) cannot be reached or is too busy."""
+
+
+class JsonTooDeep(ValueError):
+    """A JSON text nests arrays and objects deeper than the limit its reader allows
+    (a ValueError like json's own errors, so `except ValueError` still catches it)."""

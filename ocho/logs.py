@@ -9,6 +9,7 @@ Invariants:
   `status`, `ms`, `job_id`), `job_id` also when the message names a job
   ("job <uuid> …", as every job event does), and a traceback under `exc`;
 - a traceback in `text` stays part of its event (indented lines that follow);
+- control characters in a message are escaped (ocho.logsafe): no input forges a line;
 - pika's own reconnect chatter is left out below WARNING: ours says it.
 
 `configure` returns the one handler it installed: another concern of every
@@ -25,6 +26,7 @@ import re
 import sys
 from typing import IO, Any
 
+from ocho.logsafe import EscapeControl
 from ocho.settings import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,6 +68,7 @@ def configure(settings: Settings, stream: IO[str] | None = None) -> logging.Hand
     OCHO_LOG_LEVEL; replaces whatever handlers the root logger had."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(settings.log_format))
+    handler.addFilter(EscapeControl())  # no input can forge a log line
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -16,7 +16,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from ocho.errors import InvalidRequest
+from ocho.errors import InvalidRequest, JsonTooDeep
 
 CONTENT_TYPE = "application/json"
 
@@ -197,10 +197,47 @@ def new_job_id() -> str:
 NOT_AN_OBJECT = 'body must be a JSON object like {"tool": "ls", "args": ["-l"]}'
 
 
+# Deeper than anything the contract holds (a request is 2 levels, an event 3), far
+# below what would exhaust the stack of a recursive reader.
+MAX_JSON_DEPTH = 32
+# A JSON string (escapes included) or a bracket: strings are skipped whole, so a
+# bracket inside one never counts.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def loads_bounded(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads, but JsonTooDeep (a ValueError naming the limit) for arrays and objects
+    nested deeper than `max_depth`, found by one linear scan before parsing: a body of
+    100 000 `[` is refused in milliseconds instead of exhausting the stack."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")
+    depth = 0
+    # Files travel as base64, which has no brackets: most bodies need no scan at all.
+    brackets = text.count("[") + text.count("{")
+    matches = _STRING_OR_BRACKET.finditer(text) if brackets > max_depth else ()
+    for match in matches:
+        bracket = text[match.start()]
+        if bracket in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise JsonTooDeep(f"arrays and objects are nested more than {max_depth} "
+                                  "levels deep")
+        elif bracket in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except RecursionError:  # only if max_depth is beyond what the parser can take
+        raise JsonTooDeep(f"arrays and objects are nested too deep to read (limit "
+                          f"{max_depth})") from None
+
+
 def load_json_object(body: bytes | str) -> dict[str, Any]:
     """A request body parsed as JSON; InvalidRequest unless it is an object."""
     try:
-        raw = json.loads(body)
+        raw = loads_bounded(body)
+    except JsonTooDeep as exc:
+        raise InvalidRequest(f"body: {exc}; a job request is an object holding lists "
+                             "and strings", field="body") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}", field="body") from None
     if not isinstance(raw, dict):

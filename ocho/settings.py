@@ -26,6 +26,9 @@ BROKER_CONSUMER_TIMEOUT_S = 1800
 # each up to 6 bytes once JSON-escaped, and the rest of the envelope.
 MESSAGE_ENVELOPE_BYTES = 8 * 1024 * 1024
 
+# An API token shorter than this could be guessed or is a placeholder left in.
+MIN_TOKEN_CHARS = 16
+
 
 # Variables that keep the names Kubernetes gives them: in a pod, the
 # service host and port are how the tools find the API in-cluster.
@@ -62,6 +65,13 @@ class Settings:
     tokens: tuple[str, ...] = ()
     # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.
     token_file: str = ""
+    # Host names (optionally name:port) a tokenless gateway answers to; "*" for any.
+    allowed_hosts: tuple[str, ...] = ()
+    signature_max_age: float = 300.0
+    # Open connections the gateway holds at once (slow clients included).
+    max_connections: int = 2000
+    # Seconds a request's headers may take to arrive (a slowloris trickles them).
+    header_timeout: float = 30.0
     k8s_host: str = ""
     k8s_token: str = ""
     k8s_ca_file: str = ""
@@ -97,9 +107,13 @@ class Settings:
                 continue
             values[field.name] = _convert(name, raw, field.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if env.get("OCHO_TOKENS"):  # set but empty (compose's default) means no tokens
+            _check_tokens("OCHO_TOKENS", env["OCHO_TOKENS"].split(","))
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.token_file:
-            tokens = settings.tokens + _read_token_file(settings.token_file)
+            from_file = _read_token_file(settings.token_file)
+            _check_tokens("OCHO_TOKEN_FILE", list(from_file))
+            tokens = settings.tokens + from_file
             settings = dataclasses.replace(settings, tokens=tokens)
         settings.check()
         return settings
@@ -118,6 +132,12 @@ class Settings:
             )
         if self.output_cap < 1024:
             raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
+        if self.signature_max_age <= 0:
+            raise SettingsError("OCHO_SIGNATURE_MAX_AGE must be a positive number of seconds")
+        if self.max_connections < 10:
+            raise SettingsError("OCHO_MAX_CONNECTIONS must be at least 10")
+        if self.header_timeout <= 0:
+            raise SettingsError("OCHO_HEADER_TIMEOUT must be a positive number of seconds")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
         if self.log_format.lower() not in LOG_FORMATS:
@@ -185,6 +205,19 @@ class Settings:
 def _is_host_port(value: str) -> bool:
     host, _, port = value.rpartition(":")
     return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
+def _check_tokens(variable: str, tokens: list[str]) -> None:
+    """No blank entry (it would read as "no token" and switch auth off) and nothing short
+    enough to guess; the message never shows a token."""
+    for index, token in enumerate(tokens, 1):
+        if not token.strip():
+            raise SettingsError(f"{variable}: token {index} is empty; list tokens separated "
+                                "by commas, with nothing blank between them")
+        if len(token.strip()) < MIN_TOKEN_CHARS:
+            raise SettingsError(f"{variable}: token {index} is shorter than {MIN_TOKEN_CHARS} "
+                                "characters; make tokens long and random (python -c 'import "
+                                "secrets; print(secrets.token_urlsafe(32))')")
 
 
 def _read_token_file(path: str) -> tuple[str, ...]:

@@ -292,7 +292,7 @@ def test_unreachable_gateway_is_one_line_without_traceback(command: list[str]):
 
 def test_token_is_required_when_the_gateway_has_tokens(tmp_path: Path, fresh_amqp_url: str,
                                                        tools_dir: Path):
-    guarded = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, tokens="s3cret")
+    guarded = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, tokens="s3cret-s3cret-s3cret")
     try:
         guarded.start_gateway()
         guarded.start_worker()
@@ -301,8 +301,8 @@ def test_token_is_required_when_the_gateway_has_tokens(tmp_path: Path, fresh_amq
         assert without.stderr.startswith(f"ocho: the gateway at {guarded.url} wants a token: "
                                          "set OCHO_TOKEN or pass --token")
         assert without.stderr.count("\n") == 1
-        assert ocho(guarded, "exit", "0", OCHO_TOKEN="s3cret").returncode == 0
-        assert ocho(guarded, "--token", "s3cret", "exit", "6").returncode == 6
+        assert ocho(guarded, "exit", "0", OCHO_TOKEN="s3cret-s3cret-s3cret").returncode == 0
+        assert ocho(guarded, "--token", "s3cret-s3cret-s3cret", "exit", "6").returncode == 6
     finally:
         guarded.stop()
 

@@ -226,16 +226,17 @@ def test_without_tokens_the_gateway_says_how_exposed_it_is(
     assert caplog.records[0].levelno == logging.WARNING
     assert "anyone who can reach it can run tools" in caplog.text
     caplog.clear()
-    server._log_exposure(Settings(bind="0.0.0.0:9000", tokens=("t",)))
+    server._log_exposure(Settings(bind="0.0.0.0:9000", tokens=(TOKEN,)))
     assert "every call but /healthz and the page at / needs one" in caplog.text
 
 
 def test_token_settings_read_the_file_once_and_refuse_a_bad_one(tmp_path: Path) -> None:
+    zero, one, two = (f"{word}-{uuid.uuid4().hex}" for word in ("zero", "one", "two"))
     path = tmp_path / "tokens"
-    path.write_text("# comment\n one \n\ntwo\n")
-    settings = Settings.from_env({"OCHO_TOKENS": "zero", "OCHO_TOKEN_FILE": str(path)})
+    path.write_text(f"# comment\n {one} \n\n{two}\n")
+    settings = Settings.from_env({"OCHO_TOKENS": zero, "OCHO_TOKEN_FILE": str(path)})
     path.write_text("three\n")  # read at start only
-    assert settings.tokens == ("zero", "one", "two")
+    assert settings.tokens == (zero, one, two)
     path.write_text("# only a comment\n")
     with pytest.raises(SettingsError, match="holds no token"):
         Settings.from_env({"OCHO_TOKEN_FILE": str(path)})
@@ -243,19 +244,31 @@ def test_token_settings_read_the_file_once_and_refuse_a_bad_one(tmp_path: Path) 
         Settings.from_env({"OCHO_TOKEN_FILE": str(tmp_path / "missing")})
 
 
-def sign(token: str, line: bytes, files: dict[str, bytes]) -> str:
-    message = line + b"\n"
+def sign(token: str, line: bytes, files: dict[str, bytes], query: bytes = b"",
+         correlation_id: bytes = b"", timestamp: float | None = None) -> dict[str, Any]:
+    """The headers of a signed POST /shell, computed independently of the gateway's code."""
+    stamp = str(int(time.time() if timestamp is None else timestamp)).encode()
+    message = b"".join(part + b"\n" for part in (stamp, query, correlation_id, line))
     for name in sorted(files, key=str.encode):
         message += name.encode() + b"\n" + hashlib.sha256(files[name]).hexdigest().encode() + b"\n"
-    return "sha256=" + hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+    signature = "sha256=" + hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+    headers = {"X-Signature": signature, "X-Signature-Timestamp": stamp}
+    return headers | ({"X-Correlation-Id": correlation_id} if correlation_id else {})
 
 
-def shell(portal: Portal, line: bytes, files: dict[str, bytes],
-          **headers: str) -> requests.Response:
+def shell(portal: Portal, line: bytes, files: dict[str, bytes], query: str = "",
+          **headers: Any) -> requests.Response:
     upload = {name: (name, content) for name, content in files.items()}
-    return portal.call("POST", "/shell", token=None, timeout=60, files=upload or None,
+    path = f"/shell?{query}" if query else "/shell"
+    return portal.call("POST", path, token=None, timeout=60, files=upload or None,
                        headers={"X-Shell": line, **{k.replace("_", "-"): v
                                                     for k, v in headers.items()}})
+
+
+def signed_shell(portal: Portal, line: bytes, files: dict[str, bytes], signed: dict[str, Any],
+                 query: str = "", **headers: Any) -> requests.Response:
+    return shell(portal, line, files, query, **{k.replace("-", "_"): v
+                                                for k, v in {**signed, **headers}.items()})
 
 
 def test_shell_takes_a_signature_over_the_line_and_every_file(portal: Portal) -> None:
@@ -264,9 +277,9 @@ def test_shell_takes_a_signature_over_the_line_and_every_file(portal: Portal) ->
     good = sign(TOKEN, line, files)
     assert shell(portal, line, files).status_code == 401  # no credential at all
     refused = {
-        "garbage": "sha256=nothex",
-        "no prefix": good.removeprefix("sha256="),
-        "other algorithm": "sha1=" + good.removeprefix("sha256="),
+        "garbage": {**good, "X-Signature": "sha256=nothex"},
+        "no prefix": {**good, "X-Signature": good["X-Signature"].removeprefix("sha256=")},
+        "other algorithm": {**good, "X-Signature": "sha1=" + good["X-Signature"][7:]},
         "wrong key": sign("not-a-token", line, files),
         "the line only": sign(TOKEN, line, {}),
         "another line": sign(TOKEN, b"args one", files),
@@ -274,24 +287,71 @@ def test_shell_takes_a_signature_over_the_line_and_every_file(portal: Portal) ->
         "a file renamed": sign(TOKEN, line, {"a.yml": files["a.yml"], "c.yml": files["b.yml"]}),
         "a file missing": sign(TOKEN, line, {"a.yml": files["a.yml"]}),
     }
-    for what, signature in refused.items():
-        response = shell(portal, line, files, X_Signature=signature)
+    for what, signed in refused.items():
+        response = signed_shell(portal, line, files, signed)
         assert response.status_code == 401, (what, response.text)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "X-Signature" in response.json()["error"]
     # Signed for these files, sent with one swapped: refused, and nothing ran.
-    swapped = shell(portal, line, {**files, "b.yml": b"evil\n"}, X_Signature=good)
-    assert swapped.status_code == 401
+    assert signed_shell(portal, line, {**files, "b.yml": b"evil\n"}, good).status_code == 401
     # Signed right, with either token: the job runs with those files.
     for token in (TOKEN, FILE_TOKEN):
-        response = shell(portal, line, files, X_Signature=sign(token, line, files).upper()
-                         .replace("SHA256=", "sha256="))
+        signed = sign(token, line, files)
+        signed["X-Signature"] = signed["X-Signature"].upper().replace("SHA256=", "sha256=")
+        response = signed_shell(portal, line, files, signed)
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["ok"], answer
         seen = argv_of(answer["out"])
         assert seen["argv"] == ["one", "two words"]
         assert set(seen["files"]) == {"a.yml", "b.yml", "args.py"}
+
+
+def test_a_signature_covers_query_and_correlation_id_and_is_good_once(portal: Portal) -> None:
+    line = b"args once"
+    signed = sign(TOKEN, line, {}, query=b"timeout=30", correlation_id=b"c-1")
+    changed = {"another timeout": ("timeout=1500", {}),
+               "no timeout": ("", {}),
+               "another correlation id": ("timeout=30", {"X-Correlation-Id": "c-2"})}
+    for what, (query, headers) in changed.items():
+        response = signed_shell(portal, line, {}, signed, query, **headers)
+        assert response.status_code == 401, (what, response.text)
+        assert "does not match" in response.json()["error"]
+    first = signed_shell(portal, line, {}, signed, "timeout=30")
+    assert first.status_code == 200 and first.json()["ok"], first.text
+    job = portal.call("GET", f"/jobs/{first.json()['id']}").json()
+    assert job["timeout"] == 30
+    again = signed_shell(portal, line, {}, signed, "timeout=30")
+    assert again.status_code == 401 and "already used" in again.json()["error"]
+    # Upper-case hex is the same signature: no second use either.
+    upper = {**signed, "X-Signature": "sha256=" + signed["X-Signature"][7:].upper()}
+    assert signed_shell(portal, line, {}, upper, "timeout=30").status_code == 401
+
+
+def test_a_signature_is_good_only_within_its_window(portal: Portal) -> None:
+    line = b"args late"
+    for what, signed in {"too old": sign(TOKEN, line, {}, timestamp=time.time() - 400),
+                         "from the future": sign(TOKEN, line, {}, timestamp=time.time() + 400),
+                         "no timestamp": {"X-Signature": sign(TOKEN, line, {})["X-Signature"]},
+                         "not a number": {**sign(TOKEN, line, {}),
+                                          "X-Signature-Timestamp": "yesterday"}}.items():
+        response = signed_shell(portal, line, {}, signed)
+        assert response.status_code == 401, (what, response.text)
+        assert "OCHO_SIGNATURE_MAX_AGE" in response.json()["error"], what
+    within = signed_shell(portal, line, {}, sign(TOKEN, line, {}, timestamp=time.time() - 200))
+    assert within.status_code == 200, within.text
+
+
+def test_the_x_shell_line_is_checked_byte_for_byte(portal: Portal) -> None:
+    # Signed with a trailing space: the very bytes sent verify, and that line runs.
+    line = b"args 'end\\' \\ "
+    response = signed_shell(portal, line, {}, sign(TOKEN, line, {}))
+    assert response.status_code == 200, response.text
+    assert argv_of(response.json()["out"])["argv"] == ["end\\", " "]
+    # Signed without the trailing space, sent with it (or the reverse): refused.
+    for signed_line, sent in ((b"args x", b"args x  "), (b"args x ", b"args x")):
+        response = signed_shell(portal, sent, {}, sign(TOKEN, signed_line, {}))
+        assert response.status_code == 401, (signed_line, sent)
 
 
 def test_the_readme_recipes_sign_as_the_gateway_checks(portal: Portal, tmp_path: Path) -> None:
@@ -303,17 +363,26 @@ def test_the_readme_recipes_sign_as_the_gateway_checks(portal: Portal, tmp_path:
     done = subprocess.run(["bash", "-c", script, "shell-signed.sh", line, *files],
                           cwd=tmp_path, capture_output=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "OCHO_URL": portal.url,
-                               "OCHO_TOKEN": FILE_TOKEN})
+                               "OCHO_TOKEN": FILE_TOKEN, "QUERY": "timeout=45",
+                               "CORRELATION_ID": "readme-1"})
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["ok"], answer
     assert argv_of(answer["out"])["argv"] == ["deploy", "zoo keeper.yml", "Redis.yml", "é.yml",
                                               "café"]
+    job = portal.call("GET", f"/jobs/{answer['id']}").json()
+    assert job["timeout"] == 45
     namespace: dict[str, Any] = {}
     exec(readme_block("python", "def sign("), namespace)  # noqa: S102 - our own README
-    python_signature = namespace["sign"](FILE_TOKEN, line, files)
-    assert python_signature == sign(FILE_TOKEN, line.encode(), files)
-    response = shell(portal, line.encode(), files, X_Signature=python_signature)
+    headers = namespace["sign"](FILE_TOKEN, line, files, query="timeout=45",
+                                correlation_id="readme-2")
+    stamp = float(headers["X-Signature-Timestamp"])
+    expected = {"X-Shell": line.encode(), **sign(
+        FILE_TOKEN, line.encode(), files, b"timeout=45", b"readme-2", timestamp=stamp)}
+    assert headers == {k: v if isinstance(v, bytes) else v.encode() for k, v in expected.items()}
+    upload = {name: (name, content) for name, content in files.items()}
+    response = requests.post(f"{portal.url}/shell?timeout=45", headers=headers, files=upload,
+                             timeout=60)
     assert response.status_code == 200 and response.json()["ok"], response.text
 
 
@@ -557,6 +626,27 @@ def test_a_100_mb_upload_is_413_without_the_gateway_reading_it(stack: infra.Stac
     assert time.monotonic() - began < 5
     assert peak_rss_kib(pid) - before < 16 * 1024, (before, peak_rss_kib(pid))
     assert requests.get(f"{stack.url}/healthz", timeout=10).status_code == 200
+
+
+def test_an_unauthenticated_body_is_never_read(stack: infra.Stack) -> None:
+    """The 401 comes from the headers: a client that declares a body and sends none of it
+    has its answer at once, so nothing of a body it did send would have been read."""
+    start = b"Host: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+    heads = {
+        "no token": b"POST /jobs HTTP/1.1\r\n" + start + b"Content-Length: 4000000\r\n",
+        "a wrong token, chunked": b"POST /jobs HTTP/1.1\r\n" + start
+        + b"Authorization: Bearer wrong\r\nTransfer-Encoding: chunked\r\n",
+        "a signature without a timestamp": b"POST /shell HTTP/1.1\r\n" + start
+        + b"X-Shell: ls\r\nX-Signature: sha256=00\r\nContent-Length: 4000000\r\n",
+        "a stale signature": b"POST /shell HTTP/1.1\r\n" + start + b"X-Shell: ls\r\n"
+        + b"X-Signature: sha256=00\r\nX-Signature-Timestamp: 1000\r\nContent-Length: 4000000\r\n",
+    }
+    for what, head in heads.items():
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+            sock.sendall(head + b"Expect: 100-continue\r\n\r\n")
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 "), (what, answer[:200])
+        assert b"www-authenticate: bearer" in answer.lower(), what
 
 
 # -- 5. the tools' environment and limits ------------------------------------------------------

@@ -10,8 +10,8 @@ from werkzeug.formparser import FormDataParser
 from ocho.errors import InvalidRequest
 from ocho.gateway import (
     access_log,
-    auth,
     error_handlers,
+    guard,
     health,
     jobs,
     metrics,
@@ -78,8 +78,8 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = portal
     error_handlers.register(app)
-    access_log.install(app)  # first: its clock starts before auth answers a 401
-    auth.install(app, settings.tokens)
+    access_log.install(app)  # first: its clock starts before the guard answers a 401
+    guard.install(app, guard.Rules(settings))
     for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint,
                       web.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)

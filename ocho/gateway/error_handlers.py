@@ -23,6 +23,7 @@ from ocho.errors import (
     StoreUnavailable,
     UnknownTool,
 )
+from ocho.gateway import auth
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def register(app: Flask) -> None:
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         if exc.code == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="ocho"'
+            response.headers["WWW-Authenticate"] = auth.CHALLENGE
         return response
 
     @app.errorhandler(Exception)

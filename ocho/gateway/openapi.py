@@ -98,8 +98,10 @@ def build(portal: Services, tools: list[str]) -> dict[str, Any]:
     spec.components.security_scheme("shellSignature", {
         "type": "apiKey", "in": "header", "name": "X-Signature",
         "description": "POST /shell only, instead of a token: `sha256=<hex>`, an HMAC-SHA256 "
-                       "keyed by a token over the command line and the files (see the "
-                       "README's Security section)."})
+                       "keyed by a token over X-Signature-Timestamp, the query string, "
+                       "X-Correlation-Id, the command line and the files, good once within "
+                       "OCHO_SIGNATURE_MAX_AGE of its timestamp (see the README's Security "
+                       "section)."})
     paths = copy.deepcopy(_paths(tools))  # apispec resolves references in place
     if settings.tokens:
         _require_credentials(paths)

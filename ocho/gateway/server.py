@@ -1,11 +1,12 @@
-"""`ocho-gateway`: the HTTP API served by waitress, with the publisher and recorder
-threads; SIGTERM (or Ctrl-C) stops it cleanly."""
+"""`ocho-gateway`: the HTTP API served by waitress (ocho.gateway.serving), with the
+publisher and recorder threads; SIGTERM (or Ctrl-C) stops it cleanly."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     portal = of(app)
+    _raise_open_files(settings.max_connections)
     server = serving.create_server(app, settings, ident="ocho-gateway")
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -71,6 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         server.close()
     log.info("stopped")
     return 0
+
+
+# Descriptors beside the connections: the store, the broker, spooled bodies, the logs.
+SPARE_FILES = 256
+
+
+def _raise_open_files(connections: int) -> None:
+    """Lift the soft open-files limit to what OCHO_MAX_CONNECTIONS needs (as far as the
+    hard limit allows): past it, accept() fails and nobody gets in."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        if raised < wanted:
+            log.warning("open files limited to %d (ulimit -Hn): fewer than the %d that "
+                        "OCHO_MAX_CONNECTIONS=%d needs", raised, wanted, connections)
 
 
 def _log_exposure(settings: Settings) -> None:

@@ -34,7 +34,7 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
 
 from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
-from ocho.gateway import metrics
+from ocho.gateway import auth, metrics
 from ocho.gateway.catalog import ToolCatalog
 from ocho.gateway.handoff import submit_job
 from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg
@@ -103,16 +103,15 @@ def shell() -> Response:
 
 
 def read_line() -> str:
-    raw = request.headers.get(LINE_HEADER)
-    if raw is None:
+    if request.headers.get(LINE_HEADER) is None:
         raise InvalidRequest(f"send the command line in the {LINE_HEADER} header, e.g. "
                              f"{EXAMPLE}; `{LINE_HEADER}: help` lists the tools",
                              field=LINE_HEADER)
+    raw = auth.raw_line(request)  # as sent, as its signature covers it
     try:
-        # Headers arrive as latin-1 text; curl sends a UTF-8 line as its bytes.
-        return raw.encode("latin-1").decode("utf-8")
+        return raw.decode("utf-8")  # curl sends a UTF-8 line as its bytes
     except UnicodeError:
-        return raw
+        return raw.decode("latin-1")
 
 
 def split_line(line: str) -> list[str]:

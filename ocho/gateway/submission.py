@@ -15,14 +15,13 @@ every problem is an InvalidRequest naming the field.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shlex
 from typing import Any
 
 from flask import Request
 from werkzeug.datastructures import FileStorage
 
-from ocho.errors import InvalidRequest, PayloadTooLarge
+from ocho.errors import InvalidRequest, JsonTooDeep, PayloadTooLarge
 from ocho.gateway.catalog import ToolCatalog
 from ocho.message import (
     decode_files,
@@ -30,6 +29,7 @@ from ocho.message import (
     is_safe_file_name,
     load_json_object,
     load_request,
+    loads_bounded,
 )
 from ocho.settings import Settings
 
@@ -108,7 +108,10 @@ def _from_form(http: Request, settings: Settings) -> tuple[dict[str, Any], str |
         raw["tool"] = form["tool"]
         if "args" in form:
             try:
-                args = json.loads(form["args"])
+                args = loads_bounded(form["args"])
+            except JsonTooDeep as exc:
+                raise InvalidRequest(f"args: {exc}; send a JSON list of strings",
+                                     field="args") from None
             except ValueError:
                 args = None
             if not isinstance(args, list):

@@ -4,9 +4,11 @@ Only plain data is built (safe loading: no Python objects). Three limits keep
 a hostile document cheap to refuse:
 - size: at most MAX_BYTES are read;
 - aliases: a "billion laughs" document is tiny but expands exponentially when
-  its aliases are followed. While composing we add up how many nodes each
-  alias stands for and stop past MAX_ALIAS_NODES, long before anything walks
-  the expanded data;
+  its aliases are followed. While composing we add up how many bytes each alias
+  stands for (its scalars' text, plus NODE_BYTES for every node, so empty
+  values count too) and stop past MAX_ALIAS_BYTES, long before anything walks
+  or prints the expanded data. Bytes, not nodes: a few aliases of a long string
+  are few nodes but many megabytes once printed;
 - depth: nesting deeper than MAX_DEPTH is refused (it would exhaust the stack).
 Duplicate keys are refused too: YAML parsers keep the last one silently.
 """
@@ -26,7 +28,8 @@ from yaml.resolver import Resolver
 from ocho.errors import OchoError
 
 MAX_BYTES = 1024 * 1024
-MAX_ALIAS_NODES = 100_000
+MAX_ALIAS_BYTES = 1024 * 1024
+NODE_BYTES = 2
 MAX_DEPTH = 64
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -46,8 +49,8 @@ class _BoundedComposer(Composer):
 
     def __init__(self) -> None:
         super().__init__()
-        self._weights: dict[int, int] = {}  # id(node) -> node count with aliases expanded
-        self._alias_nodes = 0
+        self._weights: dict[int, int] = {}  # id(node) -> its bytes with aliases expanded
+        self._alias_bytes = 0
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
@@ -59,10 +62,10 @@ class _BoundedComposer(Composer):
                 if weight is None:
                     raise ComposerError(None, None, f"alias *{event.anchor} refers to a node "
                                         "that contains it (recursive data)", event.start_mark)
-                self._alias_nodes += weight
-                if self._alias_nodes > MAX_ALIAS_NODES:
+                self._alias_bytes += weight
+                if self._alias_bytes > MAX_ALIAS_BYTES:
                     raise ComposerError(None, None, f"aliases expand to more than "
-                                        f"{MAX_ALIAS_NODES} nodes (a 'billion laughs' "
+                                        f"{MAX_ALIAS_BYTES // 1024} KiB (a 'billion laughs' "
                                         "document?)", event.start_mark)
             return super().compose_node(parent, index)
         self._depth += 1
@@ -71,8 +74,8 @@ class _BoundedComposer(Composer):
                                 self.peek_event().start_mark)
         node = super().compose_node(parent, index)
         self._depth -= 1
-        self._weights[id(node)] = 1 + sum(self._weights.get(id(child), 1)
-                                          for child in _children(node))
+        self._weights[id(node)] = _own_bytes(node) + sum(
+            self._weights.get(id(child), NODE_BYTES) for child in _children(node))
         return node
 
     def compose_mapping_node(self, anchor: str | None) -> MappingNode:
@@ -85,6 +88,12 @@ class _BoundedComposer(Composer):
                                         f"found duplicate key {key.value!r}", key.start_mark)
                 seen.add((key.tag, key.value))
         return node
+
+
+def _own_bytes(node: Node) -> int:
+    if isinstance(node, ScalarNode):
+        return NODE_BYTES + len(node.value)
+    return NODE_BYTES
 
 
 def _children(node: Node) -> list[Node]:
