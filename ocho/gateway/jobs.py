@@ -20,7 +20,7 @@ from ocho.gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPU
 from ocho.gateway.services import Services, services
 from ocho.gateway.store import Job, OutputSlice
 from ocho.gateway.submission import Submission, read_submission
-from ocho.message import STATES
+from ocho.message import STATES, dump_request, request_digest
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,12 @@ def submit_job(portal: Services, submission: Submission) -> Job:
     """Record a validated submission as `queued` and publish it; return once the broker
     confirmed it (POST /jobs and POST /shell both submit this way)."""
     job_request = submission.request
+    # The digest of the body the publisher sends: events of another request that
+    # reuses this id never change this job (see ocho.gateway.store).
     job = portal.store.create_job(job_request["id"], job_request["tool"], job_request["args"],
                                   timeout=job_request["timeout"],
-                                  correlation_id=submission.correlation_id)
+                                  correlation_id=submission.correlation_id,
+                                  request_digest=request_digest(dump_request(job_request)))
     try:
         portal.publisher.publish_job(job_request, correlation_id=submission.correlation_id)
     except (BrokerUnavailable, PublishRejected) as exc:

@@ -10,7 +10,11 @@ All the rules live here, written once against a small dialect layer:
 - output chunks are keyed by (job, attempt, byte offset), so a duplicate chunk
   is a no-op, and the kept output is capped per job (the cap is reported with
   `truncated` and a notice in the output, never silent);
-- events for a job the store never saw (submitted straight over AMQP) create it.
+- events for a job the store never saw (submitted straight over AMQP) create it;
+- a job belongs to one request: `request_digest` (sha256 of the request body as
+  published) is kept with the job, and an event or dead letter that carries
+  another digest — another request reusing the id — never changes the job (an
+  event without a digest, from an older worker, is applied as before).
 
 Rows are locked while an event is applied (SELECT … FOR UPDATE in PostgreSQL,
 BEGIN IMMEDIATE in SQLite), so several gateways may share one PostgreSQL.
@@ -66,6 +70,7 @@ class Job:
     output_bytes: int
     reason: str | None
     worker: str | None
+    request_digest: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -251,7 +256,7 @@ def _close_quietly(conn: Any) -> None:
 
 _JOB_COLUMNS = ("id", "tool", "args", "state", "exit_code", "attempt", "correlation_id",
                 "created_at", "started_at", "finished_at", "ms", "timeout", "truncated",
-                "output_bytes", "reason", "worker")
+                "output_bytes", "reason", "worker", "request_digest")
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
 
@@ -273,7 +278,8 @@ def _schema(d: _Dialect) -> list[str]:
             truncated INTEGER NOT NULL DEFAULT 0,
             output_bytes BIGINT NOT NULL DEFAULT 0,
             reason TEXT,
-            worker TEXT)""",
+            worker TEXT,
+            request_digest TEXT)""",
         "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at, id)",
         "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
         "CREATE INDEX IF NOT EXISTS jobs_by_tool ON jobs (tool, created_at)",
@@ -315,6 +321,10 @@ class Store:
             self._dialect.lock_schema(tx.cur)
             for statement in _schema(self._dialect):
                 tx.cur.execute(statement)
+            # A store made before jobs had a request digest gets the column.
+            # (To become a numbered migration once the schema has versions.)
+            if not tx.has_column("jobs", "request_digest"):
+                tx.cur.execute("ALTER TABLE jobs ADD COLUMN request_digest TEXT")
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[StoreTransaction]:
@@ -340,12 +350,15 @@ class Store:
     # -- writes -----------------------------------------------------------------------------
 
     def create_job(self, job_id: str, tool: str, args: Sequence[str], *, timeout: int | None,
-                   correlation_id: str | None = None, created_at: float | None = None) -> Job:
-        """Record a job submitted through the API as `queued`; JobConflict if the id is taken."""
+                   correlation_id: str | None = None, created_at: float | None = None,
+                   request_digest: str | None = None) -> Job:
+        """Record a job submitted through the API as `queued`; JobConflict if the id is taken.
+        `request_digest`: ocho.message.request_digest of the body that will be published."""
         with self.transaction() as tx:
             inserted = tx.insert_job(job_id, tool=tool, args=list(args), timeout=timeout,
                                      correlation_id=correlation_id,
-                                     created_at=created_at or time.time())
+                                     created_at=created_at or time.time(),
+                                     request_digest=request_digest)
             if not inserted:
                 raise JobConflict(f"a job with id {job_id} already exists; "
                                   "leave `id` out to get a new one")
@@ -485,6 +498,12 @@ def _text(value: Any) -> str | None:
     return str(value).replace("\0", "\N{REPLACEMENT CHARACTER}")[:MAX_TEXT]
 
 
+def _same_request(job: Job, digest: str | None) -> bool:
+    """Whether something carrying `digest` is about this job's request (unknown on
+    either side: yes, as before digests were kept)."""
+    return job.request_digest is None or digest is None or job.request_digest == digest
+
+
 def _job_from_row(row: Sequence[Any]) -> Job:
     values = dict(zip(_JOB_COLUMNS, row, strict=True))
     values["args"] = json.loads(values["args"])
@@ -521,6 +540,11 @@ class StoreTransaction:
                             (job_id,))
         return None if row is None else _job_from_row(row)
 
+    def has_column(self, table: str, column: str) -> bool:
+        # Reading no row still describes the columns, in SQLite and PostgreSQL alike.
+        self.cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+        return column in [description[0] for description in self.cur.description]
+
     def job(self, job_id: str, lock: bool = False) -> Job:
         job = self.find(job_id, lock)
         if job is None:
@@ -533,13 +557,14 @@ class StoreTransaction:
 
     def insert_job(self, job_id: str, *, tool: str | None, args: list[str] | None = None,
                    timeout: int | None = None, correlation_id: str | None = None,
-                   created_at: float) -> bool:
+                   created_at: float, request_digest: str | None = None) -> bool:
         """Insert a `queued` job unless the id exists; True if inserted."""
         return self.execute(
             "INSERT INTO jobs (id, tool, args, state, attempt, correlation_id, created_at, "
-            "timeout) VALUES (?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "timeout, request_digest) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO NOTHING",
             (job_id, _text(tool), json.dumps(args or []), QUEUED, _text(correlation_id),
-             created_at, timeout)) > 0
+             created_at, timeout, _text(request_digest))) > 0
 
     # -- the rules --------------------------------------------------------------------------
 
@@ -550,8 +575,11 @@ class StoreTransaction:
         kind = event["type"]
         ts = float(event.get("ts") or time.time())
         tool = event.get("tool")
-        inserted = self.insert_job(job_id, tool=tool, created_at=ts)
+        inserted = self.insert_job(job_id, tool=tool, created_at=ts,
+                                   request_digest=event.get("digest"))
         job = self.job(job_id, lock=True)
+        if not _same_request(job, event.get("digest")):
+            return False  # another request that reuses this job's id
         changed = inserted
         if job.tool is None and tool:
             self.update(job_id, tool=_text(tool))
@@ -687,14 +715,16 @@ class StoreTransaction:
 
     def reject(self, job_id: str, reason: str, *, tool: str | None = None,
                args: list[str] | None = None, timeout: int | None = None,
-               correlation_id: str | None = None) -> bool:
-        """Mark a job that will never run `rejected`, unless it already ended; True if
-        changed. Creates the job if the store never saw it."""
+               correlation_id: str | None = None, request_digest: str | None = None) -> bool:
+        """Mark a job that will never run `rejected`, unless it already ended or belongs
+        to another request (another digest); True if changed. Creates the job if the
+        store never saw it."""
         now = time.time()
         self.insert_job(job_id, tool=tool, args=args, timeout=timeout,
-                        correlation_id=correlation_id, created_at=now)
+                        correlation_id=correlation_id, created_at=now,
+                        request_digest=request_digest)
         job = self.job(job_id, lock=True)
-        if job.terminal:
+        if job.terminal or not _same_request(job, request_digest):
             return False
         self.update(job_id, state=REJECTED, reason=_text(reason), finished_at=now)
         return True
