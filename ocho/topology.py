@@ -13,10 +13,11 @@
                            so a worker that starts after a cancel still knows
                            not to run that job
 
-Queue arguments cannot change once a queue exists: a process declaring
-`ocho.jobs` with another delivery limit or length limit gets 406
-PRECONDITION_FAILED. Every gateway and worker of a vhost must use the same
-OCHO_DELIVERY_LIMIT and OCHO_MAX_QUEUED (the README says how to change them).
+Queue arguments cannot change once a queue exists: declaring `ocho.jobs`
+with another delivery limit or length limit gets 406 PRECONDITION_FAILED
+(so does a queue made before it had a length limit). Then the queue as it
+is is used, and a warning names the argument that differs: the README says
+how to change them.
 
 Replies go only to queues a client cannot name after someone else's:
 server-named queues (`amq.gen-…`) and direct reply-to (`amq.rabbitmq.reply-to…`).
@@ -24,8 +25,11 @@ server-named queues (`amq.gen-…`) and direct reply-to (`amq.rabbitmq.reply-to�
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 JOBS_EXCHANGE = "ocho.jobs"
 JOBS_QUEUE = "ocho.jobs"
@@ -73,25 +77,22 @@ def ensure(connection: Any, delivery_limit: int,
         channel.close()
 
 
-def declare(channel: Any, delivery_limit: int, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
-    """Declare everything; safe to call again on every (re)connect."""
+def declare(channel: Any, delivery_limit: int, max_queued: int = DEFAULT_MAX_QUEUED) -> Any:
+    """Declare everything; safe to call again on every (re)connect. Returns the channel
+    to go on with: a new one if the broker closed this one over ocho.jobs' arguments."""
     channel.exchange_declare(JOBS_EXCHANGE, exchange_type="topic", durable=True)
     channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
     channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
     channel.exchange_declare(CONTROL_EXCHANGE, exchange_type="fanout", durable=True)
-    channel.queue_declare(
-        JOBS_QUEUE,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": delivery_limit,
-            "x-dead-letter-exchange": DEAD_EXCHANGE,
-            # A full queue refuses (nacks) a publish: the publisher learns it at once,
-            # where drop-head would silently lose the oldest request.
-            "x-max-length": max_queued,
-            "x-overflow": "reject-publish",
-        },
-    )
+    channel = _declare_jobs_queue(channel, {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        # A full queue refuses (nacks) a publish: the publisher learns it at once,
+        # where drop-head would silently lose the oldest request.
+        "x-max-length": max_queued,
+        "x-overflow": "reject-publish",
+    })
     channel.queue_bind(JOBS_QUEUE, JOBS_EXCHANGE, routing_key="#")
     channel.queue_declare(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key="")
@@ -103,3 +104,19 @@ def declare(channel: Any, delivery_limit: int, max_queued: int = DEFAULT_MAX_QUE
         arguments={"x-queue-type": "stream", "x-max-age": CONTROL_LOG_MAX_AGE},
     )
     channel.queue_bind(CONTROL_LOG, CONTROL_EXCHANGE, routing_key="")
+    return channel
+
+
+def _declare_jobs_queue(channel: Any, arguments: dict[str, Any]) -> Any:
+    try:
+        channel.queue_declare(JOBS_QUEUE, durable=True, arguments=arguments)
+        return channel
+    except Exception as exc:  # pika closes the channel on 406 PRECONDITION_FAILED
+        if getattr(exc, "reply_code", None) != 406:
+            raise
+        log.warning("queue %s exists with other arguments than this process's settings "
+                    "(%s); using it as it is: see README, Changing queue limits",
+                    JOBS_QUEUE, getattr(exc, "reply_text", exc))
+    channel = channel.connection.channel()
+    channel.queue_declare(JOBS_QUEUE, passive=True)
+    return channel

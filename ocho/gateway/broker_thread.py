@@ -98,8 +98,8 @@ class BrokerThread:
     def _open(self) -> None:
         parameters = connection_parameters(self.settings, f"ocho-gateway {self.role}")
         self._connection = pika.BlockingConnection(parameters)
-        channel = self._connection.channel()
-        topology.declare(channel, self.settings.delivery_limit, self.settings.max_queued)
+        channel = topology.declare(self._connection.channel(), self.settings.delivery_limit,
+                                   self.settings.max_queued)
         self._set_up(channel)
         self._channel = channel
         self._connected.set()
