@@ -346,3 +346,22 @@ def test_a_full_queue_is_a_503_over_http_and_a_nack_over_amqp(
             client.close()
         stack.stop()
         infra.rabbitmqctl("delete_user", name)
+
+
+def test_a_jobs_queue_declared_before_the_length_limit_is_used_as_it_is(
+        tmp_path: Path, fresh_amqp_url: str, tools_dir: Path) -> None:
+    """An upgrade: ocho.jobs exists without x-max-length; redeclaring it with one is a
+    406 PRECONDITION_FAILED, which must not keep the portal from starting."""
+    connection = pika.BlockingConnection(pika.URLParameters(fresh_amqp_url))
+    connection.channel().queue_declare("ocho.jobs", durable=True, arguments={
+        "x-queue-type": "quorum", "x-delivery-limit": 5, "x-dead-letter-exchange": "ocho.dead"})
+    connection.close()
+    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir)
+    try:
+        stack.start_gateway()
+        stack.start_worker(concurrency=1)
+        job = stack.submit("exit", ["0"])
+        assert stack.wait(job["id"], timeout=15)["state"] == "succeeded"
+        assert "x-max-length" in stack.read_log("gateway.log")
+    finally:
+        stack.stop()

@@ -174,6 +174,8 @@ class Recorder(BrokerThread):
         try:
             if delivery.queue == topology.DEAD_QUEUE:
                 return self._dead_letter(delivery)
+            if len(delivery.body) > self.settings.max_message_bytes:
+                raise InvalidRequest(f"{len(delivery.body)} bytes: larger than any event")
             return load_event(delivery.body)
         except Exception as exc:  # noqa: BLE001 - no body may stop the recorder
             reason = str(exc) if isinstance(exc, InvalidRequest) else describe(exc)
@@ -183,10 +185,13 @@ class Recorder(BrokerThread):
             return None
 
     def _dead_letter(self, delivery: Delivery) -> DeadLetter | None:
-        try:
-            body = load_json(delivery.body)
-        except InvalidRequest:
-            body = None
+        body = None
+        # A body larger than any request is not parsed (its message_id tells the job).
+        if len(delivery.body) <= self.settings.max_message_bytes:
+            try:
+                body = load_json(delivery.body)
+            except InvalidRequest:
+                pass
         request = body if isinstance(body, dict) else {}
         job_id = _dead_job_id(delivery.properties.message_id, request.get("id"))
         if job_id is None:
