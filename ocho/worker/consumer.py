@@ -151,6 +151,12 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 log.warning("worker %s: broker unreachable (%s); retrying", self.name,
                             describe(exc))
+            except Exception as exc:  # noqa: BLE001 - a bug in a callback must not end the worker
+                log.error("worker %s: unexpected %s; reconnecting", self.name,
+                          shown(describe(exc), 300))
+                log.debug("worker %s: the unexpected error's traceback", self.name,
+                          exc_info=exc)
+                self._drop_connection()
             self._abandon_running("the broker connection was lost")
             if self._consuming:
                 backoff.reset()
@@ -161,6 +167,20 @@ class Worker:
         self.reaper.close()
         self.process_counter.close()
         log.info("worker %s stopped", self.name)
+
+    def _drop_connection(self) -> None:
+        """Close a connection whose I/O loop was left by an exception, so that the broker
+        hands its unacked requests to another worker at once."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is None:
+            return
+        try:
+            if connection.is_open:
+                connection.close()
+                connection.ioloop.call_later(5, connection.ioloop.stop)  # if no CloseOk
+                connection.ioloop.start()  # until _on_connection_closed stops it
+        except Exception as exc:  # noqa: BLE001 - it is being dropped anyway
+            log.debug("worker %s: closing a broken connection: %s", self.name, describe(exc))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -387,7 +407,11 @@ class Worker:
             delivery.digest = message.request_digest(body)
             job = self._read(delivery, body)
         except Exception as exc:  # noqa: BLE001 - any failure to read is a rejected request
-            self._refuse(delivery, body, exc)
+            try:
+                self._refuse(delivery, body, exc)
+            except Exception:
+                log.exception("request %s: could not be rejected",
+                              shown(delivery.properties.message_id))
             return
         try:
             if job is not None:
