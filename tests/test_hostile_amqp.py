@@ -48,7 +48,7 @@ class Attacker:
                 **properties: Any) -> None:
         props = pika.BasicProperties(
             content_type=properties.pop("content_type", JSON), delivery_mode=2,
-            message_id=job_id, correlation_id=job_id,
+            message_id=job_id, correlation_id=properties.pop("correlation_id", job_id),
             reply_to=self.replies if reply_to == "" else reply_to, **properties)
         self.channel.basic_publish(exchange, tool, body, props, mandatory=True)
 
@@ -58,14 +58,15 @@ class Attacker:
         self.publish(body, job_id=job_id, tool=tool, **properties)
 
     def finished(self, job_id: str, timeout: float = 15) -> dict[str, Any]:
+        """The finished event of job `job_id` (or with that correlation id)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            method, _props, body = self.channel.basic_get(self.replies, auto_ack=True)
+            method, props, body = self.channel.basic_get(self.replies, auto_ack=True)
             if method is None:
                 self.connection.process_data_events(time_limit=0.05)
                 continue
             event = json.loads(body)
-            if event["id"] == job_id and event["type"] == "finished":
+            if job_id in (event["id"], props.correlation_id) and event["type"] == "finished":
                 return event  # type: ignore[no-any-return]
         raise AssertionError(f"no finished event for {job_id} within {timeout} s")
 
@@ -233,7 +234,13 @@ def test_ids_that_are_not_canonical_uuids_are_refused_over_amqp_and_http(
     canonical = str(uuid.uuid4())
     for bad in ("\n" + uuid.uuid4().hex[:31], "{" + canonical + "}", "urn:uuid:" + canonical,
                 " " + canonical, canonical.upper()):
-        attacker.publish(json.dumps({"id": bad, "tool": "exit", "args": ["0"]}).encode())
+        # Answered on the reply queue (by correlation id) though no job can have that id.
+        attacker.publish(json.dumps({"id": bad, "tool": "exit", "args": ["0"]}).encode(),
+                         correlation_id="bad-id")
+        event = attacker.finished("bad-id")
+        assert event["state"] == "rejected" and "canonical" in event["reason"], (bad, event)
+        attacker.publish(b"{}", job_id=bad)
+        assert attacker.finished(bad)["id"] == bad
         response = requests.post(f"{stack.url}/jobs", json={"id": bad, "tool": "exit"},
                                  timeout=10)
         assert response.status_code == 400 and "canonical" in response.json()["error"], bad
@@ -241,8 +248,10 @@ def test_ids_that_are_not_canonical_uuids_are_refused_over_amqp_and_http(
     other = str(uuid.uuid4())
     attacker.publish(json.dumps({"id": other, "tool": "exit"}).encode(), job_id=canonical)
     assert "differ" in attacker.finished(canonical)["reason"]
-    # No id at all: dead-lettered, nothing to answer. Only message_id: it is the id.
-    attacker.publish(json.dumps({"tool": "exit", "args": ["0"]}).encode())
+    # No id at all: rejected, answered by correlation id. Only message_id: it is the id.
+    attacker.publish(json.dumps({"tool": "exit", "args": ["0"]}).encode(),
+                     correlation_id="no-id")
+    assert "no job id" in attacker.finished("no-id")["reason"]
     only = str(uuid.uuid4())
     attacker.publish(json.dumps({"tool": "exit", "args": ["0"]}).encode(), job_id=only)
     assert attacker.finished(only)["state"] == "succeeded"

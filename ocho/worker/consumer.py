@@ -576,15 +576,23 @@ class Worker:
         """Report a request that must never run, then dead-letter it."""
         log.warning("job %s rejected (message_id %s): %s", job_id or "(no usable id)",
                     shown(delivery.properties.message_id or "-", 80), shown(reason, 300))
+        outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
         if job_id is not None:
-            outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
             self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome,
                                                     self.name))
+        elif delivery.reply_to:
+            # No job to record, but the client may learn why (by its correlation_id):
+            # `id` is its message_id as given, if any.
+            given = delivery.properties.message_id
+            self._publish(delivery, _finished_event(given if isinstance(given, str) else None,
+                                                    tool, delivery.attempt, outcome,
+                                                    self.name), to_events=False)
         self._on_io_thread(delivery, lambda: delivery.channel.basic_reject(delivery.tag,
                                                                            requeue=False))
 
     # -- publishing through the connection's thread -----------------------------------------
-    def _publish(self, delivery: Delivery, event: dict[str, Any], then_ack: bool = False) -> None:
+    def _publish(self, delivery: Delivery, event: dict[str, Any], then_ack: bool = False,
+                 to_events: bool = True) -> None:
         event.setdefault("digest", delivery.digest)
         body = message.dump_event(event)
         routing_key = topology.event_routing_key(event["type"])
@@ -613,8 +621,9 @@ class Worker:
             # The reply queue first: a waiting client is the one in a hurry.
             if reply_to:
                 self._send("", reply_to, body, properties)
-            self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
-                       settle if then_ack else None)
+            if to_events:
+                self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
+                           settle if then_ack else None)
 
         self._on_io_thread(delivery, send)
 
@@ -667,7 +676,7 @@ class Worker:
                       delivery.properties.message_id, describe(exc))
 
 
-def _finished_event(job_id: str, tool: str | None, attempt: int, outcome: runner.Outcome,
+def _finished_event(job_id: str | None, tool: str | None, attempt: int, outcome: runner.Outcome,
                     worker: str) -> dict[str, Any]:
     return {"type": message.FINISHED, "id": job_id, "tool": tool, "attempt": attempt,
             "state": outcome.state, "exit_code": outcome.exit_code, "ms": outcome.ms,
