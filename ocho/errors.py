@@ -38,7 +38,12 @@ class PublishRejected(OchoError):
 
 
 class JobNotFound(OchoError):
-    """No job has that id."""
+    """No job has that id. The message names only the id; each interface (HTTP, CLI)
+    adds how its user finds the jobs there are."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
 
 
 class PayloadTooLarge(InvalidRequest):

@@ -31,6 +31,9 @@ MESSAGE_ENVELOPE_BYTES = 8 * 1024 * 1024
 # service host and port are how the tools find the API in-cluster.
 UNPREFIXED_VARIABLES = {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
 
+LOG_FORMATS = ("text", "json")
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -70,6 +73,12 @@ class Settings:
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
     log_level: str = "INFO"
+    log_format: str = "text"  # text: one readable line per event; json: one object a line
+    # How long ended jobs and their output are kept: 30d, 12h, 90m, 45s (a bare number
+    # is days); 0 keeps them forever.
+    retention: str = "30d"
+    # HOST:PORT where a worker serves its Prometheus metrics; empty: not served.
+    metrics_bind: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -111,6 +120,12 @@ class Settings:
             raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
+        if self.log_format.lower() not in LOG_FORMATS:
+            raise SettingsError(f"OCHO_LOG_FORMAT={self.log_format!r}: use text or json")
+        self.retention_seconds  # noqa: B018 - raises SettingsError for a bad value
+        if self.metrics_bind and not _is_host_port(self.metrics_bind):
+            raise SettingsError(f"OCHO_METRICS_BIND={self.metrics_bind!r} must look like "
+                                "HOST:PORT, e.g. 127.0.0.1:9101 (empty: no metrics)")
 
     @property
     def max_message_bytes(self) -> int:
@@ -118,6 +133,22 @@ class Settings:
         max_request_bytes (files in base64, 4 bytes for every 3) plus room for the
         arguments and the rest of the JSON."""
         return 4 * (self.max_request_bytes // 3 + 1) + MESSAGE_ENVELOPE_BYTES
+
+    @property
+    def retention_seconds(self) -> float:
+        """OCHO_RETENTION in seconds; 0 keeps ended jobs forever."""
+        raw = self.retention.strip().lower()
+        unit = DURATION_UNITS.get(raw[-1:]) if raw else None
+        number = raw[:-1] if unit else raw
+        try:
+            value = float(number) * (unit or DURATION_UNITS["d"])
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < float("inf"):
+            raise SettingsError(f"OCHO_RETENTION={self.retention!r} must be a duration such "
+                                "as 30d, 12h, 90m or 45s (a bare number is days), or 0 to "
+                                "keep ended jobs forever")
+        return value
 
     @property
     def bind_host(self) -> str:
@@ -140,6 +171,11 @@ class Settings:
             "KUBERNETES_SERVICE_PORT": self.kubernetes_service_port,
         }
         return {k: v for k, v in env.items() if v}
+
+
+def _is_host_port(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def _read_token_file(path: str) -> tuple[str, ...]:

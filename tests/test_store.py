@@ -56,7 +56,7 @@ def finished(job_id: str, state: str = "succeeded", attempt: int = 1,
 def test_schema_creation_is_idempotent(store: Store, tmp_path: Path) -> None:
     job_id = new_id()
     store.create_job(job_id, "ls", ["-l"], timeout=30)
-    store._create_schema()
+    store.migrate()
     assert store.get_job(job_id).args == ["-l"]
 
 

@@ -8,13 +8,25 @@ from flask import Flask, Request
 from werkzeug.formparser import FormDataParser
 
 from ocho.errors import InvalidRequest
-from ocho.gateway import auth, error_handlers, health, jobs, metrics, openapi, shell, tools, web
+from ocho.gateway import (
+    access_log,
+    auth,
+    error_handlers,
+    health,
+    jobs,
+    metrics,
+    openapi,
+    shell,
+    tools,
+    web,
+)
 from ocho.gateway.catalog import ToolCatalog
 from ocho.gateway.notifier import JobNotifier
 from ocho.gateway.publisher import Publisher
 from ocho.gateway.recorder import Recorder
 from ocho.gateway.services import EXTENSION_KEY, Services
 from ocho.gateway.store import Store
+from ocho.gateway.sweeper import RetentionSweeper
 from ocho.settings import Settings
 
 # Form fields that are not files (a `line`, `args` as JSON) are kept in memory;
@@ -55,6 +67,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
         publisher=Publisher(settings),
         recorder=Recorder(settings, store, notifier),
         catalog=ToolCatalog(settings.tools_dir),
+        sweeper=RetentionSweeper(store, settings.retention_seconds),
     )
     app = Flask("gateway")
     app.request_class = _Request
@@ -65,11 +78,12 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = portal
     error_handlers.register(app)
+    access_log.install(app)  # first: its clock starts before auth answers a 401
     auth.install(app, settings.tokens)
     for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint,
                       web.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
-    metrics.install(app)
+    metrics.install(app, portal)
     if background:
         portal.start()
     return app

@@ -51,7 +51,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(JobNotFound)
     def not_found(exc: JobNotFound) -> Response:
-        return error_response(404, str(exc))
+        return error_response(404, f"{exc}; GET /jobs lists the known jobs")
 
     @app.errorhandler(JobConflict)
     def conflict(exc: JobConflict) -> Response:

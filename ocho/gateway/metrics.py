@@ -1,17 +1,28 @@
 """GET /metrics: the gateway's numbers in Prometheus' text format (version 0.0.4).
 
-Counters live in this process (they start at 0 when the gateway starts, as
-Prometheus expects of counters); job counts by state come from the store, so
-every gateway sharing a PostgreSQL reports the same totals for them.
+Invariants: every series lives in the app's own prometheus_client registry
+(never the global one), so two apps in one process never share counts.
+Submission counters live in this process (they start at 0 when the gateway
+starts, as Prometheus expects of counters) and have every label combination
+from the start; job counts by state come from the store's maintained counts
+(a read of a few rows, not a count of the jobs table), so every gateway
+sharing a PostgreSQL reports the same totals for them. The standard process
+and Python collectors (`process_*`, `python_*`) come along.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Blueprint, Flask, Response, current_app
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ocho.errors import (
@@ -22,11 +33,10 @@ from ocho.errors import (
     PublishRejected,
     StoreUnavailable,
 )
-from ocho.gateway.services import Services, services
-from ocho.message import STATES
+from ocho.gateway.services import Services
 
 EXTENSION_KEY = "ocho.metrics"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 ENTRY_POINTS = ("jobs", "shell")
 REFUSALS = ("invalid", "too_large", "conflict", "unavailable", "other")
 
@@ -34,28 +44,84 @@ blueprint = Blueprint("metrics", __name__)
 
 
 class Metrics:
-    """Submission counters, by entry point (POST /jobs, POST /shell)."""
+    """The app's registry: submission counters by entry point (POST /jobs, POST /shell),
+    the portal's gauges read at scrape time, and the process/Python collectors."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.submitted = dict.fromkeys(ENTRY_POINTS, 0)
-        self.accepted = dict.fromkeys(ENTRY_POINTS, 0)
-        self.rejected = {(via, why): 0 for via in ENTRY_POINTS for why in REFUSALS}
+        self.registry = CollectorRegistry()
+        self.submitted = Counter(
+            "ocho_gateway_jobs_submitted", "Job submissions received (POST /jobs, "
+            "POST /shell), valid or not.", ["via"], registry=self.registry)
+        self.accepted = Counter(
+            "ocho_gateway_jobs_accepted", "Submissions the broker confirmed: answered 202 "
+            "(/jobs) or run (/shell).", ["via"], registry=self.registry)
+        self.rejected = Counter(
+            "ocho_gateway_jobs_rejected", "Submissions refused before a job existed, by why: "
+            "invalid (400), too_large (413), conflict (409), unavailable (503), other.",
+            ["via", "reason"], registry=self.registry)
+        for via in ENTRY_POINTS:
+            self.submitted.labels(via)
+            self.accepted.labels(via)
+            for why in REFUSALS:
+                self.rejected.labels(via, why)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+
+    def watch(self, portal: Services) -> None:
+        """Report the portal's state (store, broker threads, waiting slots) at each scrape."""
+        self.registry.register(PortalCollector(portal))
 
     @contextmanager
     def counting(self, via: str) -> Iterator[None]:
         """Count one submission: accepted if the block ends normally (the broker confirmed
         the request), rejected with the kind of its error otherwise."""
-        with self._lock:
-            self.submitted[via] += 1
+        self.submitted.labels(via).inc()
         try:
             yield
         except BaseException as exc:
-            with self._lock:
-                self.rejected[(via, refusal(exc))] += 1
+            self.rejected.labels(via, refusal(exc)).inc()
             raise
-        with self._lock:
-            self.accepted[via] += 1
+        self.accepted.labels(via).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class PortalCollector(Collector):
+    """Gauges and counters whose values live elsewhere, read when scraped."""
+
+    def __init__(self, portal: Services) -> None:
+        self.portal = portal
+
+    def collect(self) -> Iterator[Metric]:
+        portal = self.portal
+        jobs = GaugeMetricFamily("ocho_jobs", "Jobs in the store, by state.", labels=["state"])
+        for state, count in portal.store.count_by_state().items():
+            jobs.add_metric([state], count)
+        yield jobs
+        connected = GaugeMetricFamily(
+            "ocho_gateway_broker_connected", "1 while the connection is up: publisher "
+            "(requests, cancels), recorder (worker events).", labels=["connection"])
+        connected.add_metric(["publisher"], int(portal.publisher.connected))
+        connected.add_metric(["recorder"], int(portal.recorder.connected))
+        yield connected
+        yield CounterMetricFamily(
+            "ocho_gateway_recorder_deliveries", "Worker events and dead letters the recorder "
+            "applied to the store and acked.", value=portal.recorder.recorded)
+        yield from self._slots_and_retention()
+
+    def _slots_and_retention(self) -> Iterator[Metric]:
+        slots = self.portal.waiting_slots
+        yield GaugeMetricFamily(
+            "ocho_gateway_waiting_slots", "Server threads that long-polls, event streams and "
+            "POST /shell may hold.", value=slots.total)
+        yield GaugeMetricFamily(
+            "ocho_gateway_waiting_slots_in_use", "Waiting slots held now; at the limit, more "
+            "are answered 503 or at once.", value=slots.in_use)
+        sweeper = self.portal.sweeper
+        yield CounterMetricFamily(
+            "ocho_gateway_retention_deleted_jobs", "Ended jobs this gateway deleted because "
+            "they were older than OCHO_RETENTION.", value=sweeper.deleted if sweeper else 0)
 
 
 def refusal(exc: BaseException) -> str:
@@ -75,8 +141,10 @@ def refusal(exc: BaseException) -> str:
     return "other"
 
 
-def install(app: Flask) -> None:
-    app.extensions[EXTENSION_KEY] = Metrics()
+def install(app: Flask, portal: Services) -> None:
+    counters = Metrics()
+    counters.watch(portal)
+    app.extensions[EXTENSION_KEY] = counters
     app.register_blueprint(blueprint)
 
 
@@ -93,83 +161,4 @@ def counting_submission(via: str) -> Iterator[None]:
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    return Response(render(services(), of(current_app)), content_type=CONTENT_TYPE)
-
-
-def render(portal: Services, counters: Metrics) -> str:
-    out = _Exposition()
-    by_state = dict.fromkeys(STATES, 0)
-    with portal.store.transaction(write=False) as tx:
-        for state, count in tx.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state", ()):
-            by_state[str(state)] = int(count)
-    out.family("ocho_jobs", "gauge", "Jobs in the store, by state.")
-    for state, count in by_state.items():
-        out.sample("ocho_jobs", count, state=state)
-
-    with counters._lock:
-        submitted = dict(counters.submitted)
-        accepted = dict(counters.accepted)
-        rejected = dict(counters.rejected)
-    out.family("ocho_gateway_jobs_submitted_total", "counter",
-               "Job submissions received (POST /jobs, POST /shell), valid or not.")
-    for via, count in submitted.items():
-        out.sample("ocho_gateway_jobs_submitted_total", count, via=via)
-    out.family("ocho_gateway_jobs_accepted_total", "counter",
-               "Submissions the broker confirmed: answered 202 (/jobs) or run (/shell).")
-    for via, count in accepted.items():
-        out.sample("ocho_gateway_jobs_accepted_total", count, via=via)
-    out.family("ocho_gateway_jobs_rejected_total", "counter",
-               "Submissions refused before a job existed, by why: invalid (400), too_large "
-               "(413), conflict (409), unavailable (503), other.")
-    for (via, why), count in rejected.items():
-        out.sample("ocho_gateway_jobs_rejected_total", count, via=via, reason=why)
-
-    out.family("ocho_gateway_broker_connected", "gauge",
-               "1 while the connection is up: publisher (requests, cancels), recorder "
-               "(worker events).")
-    out.sample("ocho_gateway_broker_connected", int(portal.publisher.connected),
-               connection="publisher")
-    out.sample("ocho_gateway_broker_connected", int(portal.recorder.connected),
-               connection="recorder")
-    out.family("ocho_gateway_recorder_deliveries_total", "counter",
-               "Worker events and dead letters the recorder applied to the store and acked.")
-    out.sample("ocho_gateway_recorder_deliveries_total", portal.recorder.recorded)
-
-    total, in_use = waiting_slots(portal)
-    out.family("ocho_gateway_waiting_slots", "gauge",
-               "Server threads that long-polls, event streams and POST /shell may hold.")
-    out.sample("ocho_gateway_waiting_slots", total)
-    out.family("ocho_gateway_waiting_slots_in_use", "gauge",
-               "Waiting slots held now; at the limit, more are answered 503 or at once.")
-    out.sample("ocho_gateway_waiting_slots_in_use", in_use)
-    return out.text()
-
-
-def waiting_slots(portal: Services) -> tuple[int, int]:
-    """(total, in use) of the app's bounded semaphore of waiting slots."""
-    slots = portal.waiting_slots
-    total = int(getattr(slots, "_initial_value", 0))
-    free = int(getattr(slots, "_value", total))
-    return total, max(0, total - free)
-
-
-class _Exposition:
-    def __init__(self) -> None:
-        self._lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
-        self._lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def sample(self, name: str, value: int | float, **labels: str) -> None:
-        if labels:
-            pairs = ",".join(f'{key}="{_label(value)}"' for key, value in labels.items())
-            name = f"{name}{{{pairs}}}"
-        self._lines.append(f"{name} {value}")
-
-    def text(self) -> str:
-        return "\n".join(self._lines) + "\n"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    return Response(of(current_app).render(), content_type=CONTENT_TYPE)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from ocho import logs
 from ocho.errors import SettingsError, StoreUnavailable
 from ocho.gateway import serving
 from ocho.gateway.app import create_app
@@ -42,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ocho-gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)  # its reconnect chatter is ours to say
+    logs.configure(settings)
 
     try:
         app = create_app(settings)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 
 from flask import Flask, current_app
 
@@ -12,7 +11,9 @@ from ocho.gateway.catalog import ToolCatalog
 from ocho.gateway.notifier import JobNotifier
 from ocho.gateway.publisher import Publisher
 from ocho.gateway.recorder import Recorder
+from ocho.gateway.slots import WaitingSlots
 from ocho.gateway.store import Store
+from ocho.gateway.sweeper import RetentionSweeper
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,22 +29,27 @@ class Services:
     publisher: Publisher
     recorder: Recorder
     catalog: ToolCatalog
+    sweeper: RetentionSweeper | None = None  # deletes ended jobs past OCHO_RETENTION
     # Long-polls and event streams each hold a server thread while they wait. This
     # many may wait at once; the rest of the pool stays free for quick requests.
-    waiting_slots: threading.Semaphore = dataclasses.field(init=False)
+    waiting_slots: WaitingSlots = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         threads = self.settings.gateway_threads
-        self.waiting_slots = threading.BoundedSemaphore(max(1, threads - max(2, threads // 4)))
+        self.waiting_slots = WaitingSlots(max(1, threads - max(2, threads // 4)))
 
     def start(self) -> None:
         """Start the publisher's and the recorder's threads (each owns a connection)."""
         self.publisher.start()
         self.recorder.start()
+        if self.sweeper is not None:
+            self.sweeper.start()
 
     def stop(self) -> None:
         """Wake waiting requests, let the recorder ack its batch, close connections."""
         self.notifier.close()
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self.recorder.stop()
         self.publisher.stop()
         self.store.close()

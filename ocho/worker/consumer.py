@@ -48,6 +48,7 @@ from ocho.message import shown
 from ocho.settings import Settings
 from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
+from ocho.worker.metrics import WorkerMetrics
 from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
@@ -114,8 +115,9 @@ class RunningJob:
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics(settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Forked first, while this process has a single thread.
         self.reaper = Reaper()
@@ -221,6 +223,7 @@ class Worker:
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: pika.SelectConnection, reason: Any) -> None:
+        self.metrics.disconnected()
         if not self.stopping.is_set():
             log.warning("worker %s: broker connection lost (%s); reconnecting", self.name,
                         describe(reason))
@@ -228,6 +231,7 @@ class Worker:
         connection.ioloop.stop()
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        self.metrics.connected()
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: pika.channel.Channel) -> None:
@@ -397,7 +401,7 @@ class Worker:
         delivery = Delivery(channel, method.delivery_tag, props, attempt,
                             str(method.routing_key or ""))
         try:
-            self.pool.submit(self._handle, delivery, body)
+            self.pool.submit(self.metrics.in_slot(self._handle), delivery, body)
         except RuntimeError:  # the pool is shut down: unacked, the broker redelivers it
             log.info("worker %s stopping: left request %s to the broker", self.name,
                      shown(props.message_id))
@@ -453,6 +457,7 @@ class Worker:
             self._running[job.id] = mine
         try:
             log.info("job %s started: %s attempt %d", job.id, job.tool, job.attempt)
+            self.metrics.job_started(job.tool)
 
             def emit(stream: str, offset: int, data: str) -> None:
                 self._publish(delivery, {"type": message.OUTPUT, "id": job.id,
@@ -568,6 +573,7 @@ class Worker:
     def _finish(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome) -> None:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
                  outcome.ms, " (output truncated)" if outcome.truncated else "")
+        self.metrics.job_finished(job.tool, outcome.state, outcome.ms)
         self._publish(delivery, _finished_event(job.id, job.tool, delivery.attempt, outcome,
                                                 self.name), then_ack=True)
 
@@ -576,6 +582,7 @@ class Worker:
         """Report a request that must never run, then dead-letter it."""
         log.warning("job %s rejected (message_id %s): %s", job_id or "(no usable id)",
                     shown(delivery.properties.message_id or "-", 80), shown(reason, 300))
+        self.metrics.job_finished(tool, message.REJECTED, 0)
         outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
         if job_id is not None:
             self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from ocho import logs
 from ocho.errors import SettingsError
 from ocho.settings import Settings
 from ocho.worker.consumer import Worker
+from ocho.worker.metrics import WorkerMetrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,13 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ocho-worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
-    worker = Worker(settings)
+    logs.configure(settings)
+    metrics = WorkerMetrics(settings)
+    if settings.metrics_bind:
+        try:
+            metrics.listen(settings.metrics_bind)
+        except SettingsError as exc:
+            print(f"ocho-worker: {exc}", file=sys.stderr)
+            return 2
+    worker = Worker(settings, metrics)
+    metrics.serve()  # a thread: only once Worker forked its helpers
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     worker.run()
+    metrics.close()
     return 0
 
 
