@@ -41,14 +41,15 @@ class Result:
 
 class Client:
     def __init__(self, amqp_url: str, *, heartbeat: int = 30,
-                 delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT) -> None:
+                 delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT,
+                 max_queued: int = topology.DEFAULT_MAX_QUEUED) -> None:
         parameters = pika.URLParameters(amqp_url)
         parameters.heartbeat = heartbeat
         try:
             self._connection = pika.BlockingConnection(parameters)
         except pika.exceptions.AMQPConnectionError as exc:
             raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from None
-        topology.ensure(self._connection, delivery_limit)
+        topology.ensure(self._connection, delivery_limit, max_queued)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         declared = self._channel.queue_declare("", exclusive=True, auto_delete=True)
@@ -81,7 +82,11 @@ class Client:
         try:
             self._channel.basic_publish(topology.JOBS_EXCHANGE, tool, body, properties,
                                         mandatory=True)
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+        except pika.exceptions.NackError:
+            del self._pending[job_id]
+            raise PublishRejected(f"the broker refused job {job_id}: the job queue is full "
+                                  "(OCHO_MAX_QUEUED); try again later") from None
+        except pika.exceptions.UnroutableError as exc:
             del self._pending[job_id]
             raise PublishRejected(f"the broker refused job {job_id}: {exc!r}") from None
         return job_id

@@ -3,12 +3,24 @@
 Bodies are JSON. The marshmallow schemas here are the single definition: the
 gateway validates HTTP input with them, the worker validates deliveries with
 them, and the OpenAPI document is generated from them.
+
+Invariants every reader of a message relies on:
+
+- a body is decoded only by `load_json` (at most MAX_JSON_DEPTH levels deep), so
+  no body, however hostile, raises anything but InvalidRequest from the readers
+  here (`load_request`, `load_event`, `load_json_object`);
+- a job id is a canonical UUID string (`is_job_id`): 36 characters, lower-case
+  hex and hyphens, the one spelling `str(uuid.uuid4())` gives; over HTTP and
+  AMQP alike;
+- `request_digest` of a request body tells one request from another that
+  reuses its id; a redelivery has the same body, hence the same digest.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import uuid
@@ -45,6 +57,31 @@ STREAMS = ("stdout", "stderr", "ocho")
 TOOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
 MAX_ARGS = 256
 MAX_ARG_CHARS = 4096
+# No valid request or event nests deeper than 4 levels; this leaves room for
+# clients' extra wrapping while keeping every recursive reader far from its limit.
+MAX_JSON_DEPTH = 32
+JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+JOB_ID_RULE = ("must be a UUID in canonical form: 36 characters, lower-case hex digits and "
+               "hyphens, like 3f1c2a9e-8b7d-4c6e-9f01-23456789abcd (what str(uuid.uuid4()) "
+               "gives); no braces, 'urn:uuid:', spaces or upper case")
+
+
+def is_job_id(value: object) -> bool:
+    """A canonical lower-case UUID string: the only spelling of a job id."""
+    return isinstance(value, str) and JOB_ID.match(value) is not None
+
+
+def request_digest(body: bytes) -> str:
+    """What tells two requests with the same id apart (sha256 of the body, hex)."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A value for a log line: control characters escaped, at most `limit` characters,
+    so that no client-chosen text can forge a line or a terminal sequence."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text[:limit].encode("unicode_escape", errors="backslashreplace").decode("ascii")
+    return text if len(text) <= 4 * limit else text[:4 * limit]
 
 
 def is_safe_file_name(name: str) -> bool:
@@ -97,10 +134,8 @@ class JobRequestSchema(Schema):
     def _check_id(self, value: str | None, **_: Any) -> None:
         if value is None:
             return
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            raise ValidationError("must be a UUID, e.g. 3f1c…; leave it out to get one") from None
+        if not is_job_id(value):
+            raise ValidationError(f"{JOB_ID_RULE}; leave it out to get one")
 
     @validates("tool")
     def _check_tool(self, value: str, **_: Any) -> None:
@@ -131,12 +166,21 @@ class JobRequestSchema(Schema):
                 )
 
 
-class StartedSchema(Schema):
+class EventSchema(Schema):
+    """What every event has: the job, the attempt, and which request it runs."""
+
+    id = fields.String(required=True, validate=validate.Regexp(JOB_ID, error=JOB_ID_RULE))
+    attempt = fields.Integer(required=True, validate=validate.Range(min=1))
+    digest = fields.String(
+        load_default=None, allow_none=True, validate=validate.Regexp(r"^[0-9a-f]{64}\Z"),
+        metadata={"description": "sha256 (hex) of the request body the worker runs: a "
+                  "request that reuses another's id has another digest"})
+
+
+class StartedSchema(EventSchema):
     type = fields.Constant(STARTED)
-    id = fields.String(required=True)
     tool = fields.String(load_default=None, metadata={"description": "so that jobs submitted "
                          "straight over AMQP appear in the gateway's history"})
-    attempt = fields.Integer(required=True)
     worker = fields.String(required=True)
     ts = fields.Float(required=True, metadata={"description": "unix time"})
 
@@ -150,16 +194,12 @@ class ChunkSchema(Schema):
     data = fields.String(required=True)
 
 
-class OutputSchema(ChunkSchema):
+class OutputSchema(ChunkSchema, EventSchema):
     type = fields.Constant(OUTPUT)
-    id = fields.String(required=True)
-    attempt = fields.Integer(required=True)
 
 
-class FinishedSchema(Schema):
+class FinishedSchema(EventSchema):
     type = fields.Constant(FINISHED)
-    id = fields.String(required=True)
-    attempt = fields.Integer(required=True)
     state = fields.String(required=True, validate=validate.OneOf(TERMINAL_STATES))
     exit_code = fields.Integer(allow_none=True, load_default=None)
     ms = fields.Integer(load_default=0)
@@ -194,12 +234,26 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+def amqp_job_id(body_id: object, message_id: object) -> str:
+    """The job id of a request over AMQP: the body's `id` and the `message_id` property
+    must agree when both are given; one alone is used; none is an error."""
+    given = {name: value for name, value in (("id", body_id), ("message_id", message_id))
+             if value is not None}
+    if not given:
+        raise InvalidRequest("the request has no job id: set the message_id property (and "
+                             "the body's id, the same) to a new str(uuid.uuid4())", field="id")
+    for name, value in given.items():
+        if not is_job_id(value):
+            raise InvalidRequest(f"{name}: {JOB_ID_RULE}", field=name)
+    if len(set(given.values())) > 1:
+        raise InvalidRequest("the body's id and the message_id property differ; send the same "
+                             "job id in both (or in one of them)", field="id")
+    return str(next(iter(given.values())))
+
+
 NOT_AN_OBJECT = 'body must be a JSON object like {"tool": "ls", "args": ["-l"]}'
 
 
-# Deeper than anything the contract holds (a request is 2 levels, an event 3), far
-# below what would exhaust the stack of a recursive reader.
-MAX_JSON_DEPTH = 32
 # A JSON string (escapes included) or a bracket: strings are skipped whole, so a
 # bracket inside one never counts.
 _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
@@ -231,15 +285,23 @@ def loads_bounded(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
                           f"{max_depth})") from None
 
 
+def load_json(body: bytes | str, what: str = "body") -> Any:
+    """Parse JSON, at most MAX_JSON_DEPTH levels deep; any failure is InvalidRequest
+    naming `what`, never an exception a consumer did not expect (a RecursionError or
+    MemoryError-sized body included)."""
+    try:
+        return loads_bounded(body)
+    except JsonTooDeep as exc:
+        raise InvalidRequest(f"{what}: {exc}; flatten it", field=what) from None
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}", field=what) from None
+    except MemoryError:
+        raise InvalidRequest(f"{what} is too large to read", field=what) from None
+
+
 def load_json_object(body: bytes | str) -> dict[str, Any]:
     """A request body parsed as JSON; InvalidRequest unless it is an object."""
-    try:
-        raw = loads_bounded(body)
-    except JsonTooDeep as exc:
-        raise InvalidRequest(f"body: {exc}; a job request is an object holding lists "
-                             "and strings", field="body") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}", field="body") from None
+    raw = load_json(body)
     if not isinstance(raw, dict):
         raise InvalidRequest(NOT_AN_OBJECT, field="body")
     return raw
@@ -298,8 +360,10 @@ def encode_files(files: dict[str, bytes]) -> dict[str, str]:
 
 
 def dump_request(request: dict[str, Any]) -> bytes:
+    """The request's wire body, canonical (sorted keys, files included): the same request
+    is always the same bytes, so its request_digest tells a retry from another request."""
     body = {k: request.get(k) for k in ("id", "tool", "args", "files", "timeout")}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
 def dump_event(event: dict[str, Any]) -> bytes:
@@ -308,10 +372,7 @@ def dump_event(event: dict[str, Any]) -> bytes:
 
 def load_event(body: bytes) -> dict[str, Any]:
     """Validate an event body from ocho.events; raise InvalidRequest if it is not one."""
-    try:
-        raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"event is not valid JSON: {exc}", field="body") from None
+    raw = load_json(body, "event")
     if not isinstance(raw, dict) or raw.get("type") not in EVENT_SCHEMAS:
         raise InvalidRequest(f"event type must be one of {', '.join(EVENT_TYPES)}", field="type")
     try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ocho.errors import SettingsError
-from ocho.topology import DEFAULT_DELIVERY_LIMIT
+from ocho.topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_QUEUED
 
 SHIPPED_TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
 DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
@@ -56,6 +56,8 @@ class Settings:
     max_files: int = 64
     max_file_bytes: int = 8 * 1024 * 1024
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    # Requests waiting in ocho.jobs at most; past it a publish is refused (HTTP 503).
+    max_queued: int = DEFAULT_MAX_QUEUED
     tool_cpu_seconds: int = 0  # 0: twice the job's timeout, plus a margin
     tool_memory_bytes: int = 2 * 1024**3
     tool_file_bytes: int = 256 * 1024**2
@@ -130,6 +132,9 @@ class Settings:
                 f"OCHO_MAX_TIMEOUT must stay below RabbitMQ's consumer_timeout "
                 f"({BROKER_CONSUMER_TIMEOUT_S} s) so a running job is never redelivered"
             )
+        if self.max_queued < 1:
+            raise SettingsError("OCHO_MAX_QUEUED must be at least 1 (requests waiting in "
+                                "ocho.jobs)")
         if self.output_cap < 1024:
             raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
         if self.signature_max_age <= 0:

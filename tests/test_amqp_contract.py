@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Producer, Queue
 
 from tests.infra import Stack
 
@@ -35,12 +35,13 @@ class Inbox:
     def __init__(self, connection: Connection, *, bind_events: bool = False) -> None:
         self.connection = connection
         channel = connection.channel()
-        self.name = f"contract-test-{uuid.uuid4().hex[:8]}"
-        binding = (dict(exchange=Exchange(EVENTS_EXCHANGE, type="topic", passive=True),
-                        routing_key="job.#") if bind_events else {})
-        self.queue = Queue(self.name, exclusive=True, auto_delete=True, channel=channel,
-                           **binding)
-        self.queue.declare()
+        # Server-named (amq.gen-…): the only kind of reply queue workers answer to. Once
+        # named, it must not be declared again (the amq. prefix is reserved).
+        self.name = channel.queue_declare("", exclusive=True, auto_delete=True).queue
+        assert self.name.startswith("amq.gen-")
+        if bind_events:
+            channel.queue_bind(self.name, EVENTS_EXCHANGE, "job.#")
+        self.queue = Queue(self.name, channel=channel, no_declare=True)
         self.received: list[tuple[dict[str, Any], Any]] = []
         self.consumer = Consumer(channel, queues=[self.queue], callbacks=[self._on_message],
                                  no_ack=True, accept=[JSON])

@@ -387,3 +387,56 @@ def test_many_threads_write_at_once(store: Store) -> None:
 def test_a_bad_url_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="sqlite:///"):
         Store("mysql://nope", output_cap=CAP)
+
+
+# -- job identity: a job belongs to one request (issue 11) -----------------------------------
+
+MINE, THEIRS = "a" * 64, "b" * 64
+
+
+def test_events_and_dead_letters_of_another_request_never_touch_a_job(store: Store) -> None:
+    job_id = new_id()
+    store.create_job(job_id, "sleep", ["2"], timeout=30, digest=MINE)
+    assert store.apply_event(started(job_id, digest=MINE))
+    before = store.get_job(job_id)
+    # Another request reusing the id: its run, its result and its dead letter.
+    assert not store.apply_event(started(job_id, attempt=6, digest=THEIRS, worker="w9"))
+    out = output(job_id, 0, "forged\n")
+    assert not store.apply_event({**out, "digest": THEIRS})
+    assert not store.apply_event(finished(job_id, "succeeded", attempt=6, digest=THEIRS))
+    assert not store.reject(job_id, "forged rejection", digest=THEIRS)
+    assert store.get_job(job_id) == before
+    assert store.read_output(job_id).data == ""
+    # The job's own request still moves it on.
+    assert store.apply_event(finished(job_id, "timed_out", digest=MINE))
+    assert store.get_job(job_id).state == "timed_out"
+
+
+def test_a_job_first_seen_over_amqp_belongs_to_the_first_request_recorded(store: Store) -> None:
+    job_id = new_id()
+    assert store.apply_event(finished(job_id, "succeeded", digest=MINE, tool="exit"))
+    assert store.get_job(job_id).digest == MINE
+    assert not store.apply_event(finished(job_id, "failed", attempt=2, digest=THEIRS))
+    assert store.get_job(job_id).state == "succeeded"
+
+
+def test_an_older_store_gets_the_digest_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, tool TEXT, args TEXT NOT NULL "
+                     "DEFAULT '[]', state TEXT NOT NULL, exit_code INTEGER, attempt INTEGER NOT "
+                     "NULL DEFAULT 0, correlation_id TEXT, created_at REAL NOT NULL, "
+                     "started_at REAL, finished_at REAL, ms BIGINT, timeout INTEGER, truncated "
+                     "INTEGER NOT NULL DEFAULT 0, output_bytes BIGINT NOT NULL DEFAULT 0, "
+                     "reason TEXT, worker TEXT)")
+        conn.execute("INSERT INTO jobs (id, state, created_at) VALUES ('old', 'succeeded', 1)")
+    store = Store(f"sqlite:///{path}", output_cap=CAP)
+    try:
+        assert store.get_job("old").digest is None
+        job_id = new_id()
+        store.create_job(job_id, "exit", [], timeout=5, digest=MINE)
+        assert store.get_job(job_id).digest == MINE
+    finally:
+        store.close()

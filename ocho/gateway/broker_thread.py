@@ -1,7 +1,13 @@
 """What the gateway's publisher and recorder share: a daemon thread that owns one
 broker connection and keeps it up — connect, declare the topology, serve until the
 connection drops, back off, and again — and says whether it is connected and why
-not, for /readyz and /metrics."""
+not, for /readyz and /metrics.
+
+The thread never dies of an exception: whatever _serve raises (a lost
+connection, or a bug met on some message) is logged on one line, the connection
+is closed, and after a back-off the thread connects again. Unacked deliveries
+go back to the queue then, so a subclass must itself settle anything it cannot
+read (see the recorder), or it would meet the same message again."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from ocho import topology
 from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.message import shown
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,11 @@ class BrokerThread:
                 self._down(describe(exc))
                 log.warning("%s: broker connection lost or refused (%s); retrying in %.1f s",
                             self.role, self.last_error, backoff.delay)
+            except Exception as exc:  # noqa: BLE001 - this thread must outlive any bug
+                self._down(f"internal error: {describe(exc)}")
+                log.error("%s: unexpected %s; reconnecting in %.1f s", self.role,
+                          shown(describe(exc), 300), backoff.delay)
+                log.debug("%s: the unexpected error's traceback", self.role, exc_info=exc)
             finally:
                 self._close()
             if not self._stopping.is_set():
@@ -86,8 +98,8 @@ class BrokerThread:
     def _open(self) -> None:
         parameters = connection_parameters(self.settings, f"ocho-gateway {self.role}")
         self._connection = pika.BlockingConnection(parameters)
-        channel = self._connection.channel()
-        topology.declare(channel, self.settings.delivery_limit)
+        channel = topology.declare(self._connection.channel(), self.settings.delivery_limit,
+                                   self.settings.max_queued)
         self._set_up(channel)
         self._channel = channel
         self._connected.set()
@@ -99,5 +111,5 @@ class BrokerThread:
         if connection is not None and connection.is_open:
             try:
                 connection.close()
-            except CONNECTION_ERRORS:
+            except Exception:  # noqa: BLE001, S110 - closing what is broken may fail; it is gone
                 pass

@@ -20,17 +20,16 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shlex
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ocho.errors import BrokerUnavailable, PublishRejected
 from ocho.gateway.store import Job, Unconfirmed
 from ocho.gateway.submission import Submission
-from ocho.message import SUBMITTING, decode_files, dump_request
+from ocho.message import SUBMITTING, dump_request, request_digest
 
 if TYPE_CHECKING:
     from ocho.gateway.services import Services
@@ -55,7 +54,7 @@ def accept_job(portal: Services, submission: Submission) -> tuple[Job, bool]:
     job, created = portal.store.record_submission(
         request["id"], request["tool"], request["args"], timeout=request["timeout"],
         correlation_id=submission.correlation_id, request=dump_request(request),
-        digest=request_digest(request))
+        digest=request_digest(dump_request(request)))
     if not created:
         log.info("job %s submitted again with the same request: it is %s", job.id, job.state)
         return _retried(portal, job), False
@@ -69,15 +68,6 @@ def accept_job(portal: Services, submission: Submission) -> tuple[Job, bool]:
     log.info("job %s submitted: %s (%d file(s), timeout %d s)", job.id,
              shlex.join([job.tool or "", *job.args]), len(request["files"]), job.timeout)
     return job, True
-
-
-def request_digest(request: dict[str, Any]) -> str:
-    """What a retry must match: the tool, arguments, timeout and file contents."""
-    files = {name: hashlib.sha256(content).hexdigest()
-             for name, content in decode_files(request["files"]).items()}
-    canonical = json.dumps({"tool": request["tool"], "args": request["args"],
-                            "timeout": request["timeout"], "files": files}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _retried(portal: Services, job: Job) -> Job:

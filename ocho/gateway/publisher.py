@@ -147,14 +147,24 @@ class Publisher(BrokerThread):
                 f"the broker could not route the {item.what} to any queue "
                 f"(exchange {item.exchange!r}, routing key {item.routing_key!r})"))
         except pika.exceptions.NackError:
-            item.future.set_exception(PublishRejected(
-                f"the broker refused the {item.what} (nack); try again shortly"))
+            item.future.set_exception(PublishRejected(self._refusal(item)))
         except CONNECTION_ERRORS as exc:
             item.future.set_exception(BrokerUnavailable(
                 f"the broker connection failed while sending the {item.what}: {describe(exc)}"))
             raise
+        except Exception as exc:  # e.g. a property pika cannot encode: never leave a caller
+            item.future.set_exception(PublishRejected(
+                f"the {item.what} could not be sent: {describe(exc)}"))
+            raise
         else:
             item.future.set_result(None)
+
+    def _refusal(self, item: Outgoing) -> str:
+        if item.exchange == topology.JOBS_EXCHANGE:
+            # ocho.jobs refuses a publish only when it holds OCHO_MAX_QUEUED requests.
+            return (f"the job queue is full ({self.settings.max_queued} requests waiting, "
+                    f"OCHO_MAX_QUEUED): the {item.what} was not accepted; try again later")
+        return f"the broker refused the {item.what} (nack); try again shortly"
 
     def _down(self, reason: str) -> None:
         """Mark the broker unavailable and fail everything still waiting to be sent."""

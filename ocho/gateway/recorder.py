@@ -11,15 +11,21 @@ A thread with a connection of its own consumes two queues:
 Deliveries are taken in batches (whatever arrived together, up to the prefetch),
 applied in one store transaction, and acked only after it committed, so a
 gateway that dies loses nothing: the broker delivers the batch again and the
-store's rules make a replay harmless. Something that is not an event is logged
-and acked, so one bad message never blocks the queue. Acks go only to the
-channel the deliveries came from; after a reconnect the broker redelivers.
+store's rules make a replay harmless. Acks go only to the channel the
+deliveries came from; after a reconnect the broker redelivers.
+
+No message can stop the recorder: anything that fails while a delivery is read
+(bad JSON, nesting, wrong types, odd headers — any exception) drops that one
+delivery with one log line (message id and routing key escaped) and it is acked
+with its batch; an item the store refuses is dropped alone. A dead letter
+counts only with a canonical job id, and carries the digest of its body: a
+request that reused another job's id (and was rejected for it) never marks
+that job `rejected`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any
 
@@ -32,7 +38,7 @@ from ocho.errors import InvalidRequest, StoreUnavailable
 from ocho.gateway.broker_thread import BrokerThread
 from ocho.gateway.notifier import JobNotifier
 from ocho.gateway.store import Store, StoreTransaction
-from ocho.message import load_event
+from ocho.message import is_job_id, load_event, load_json, request_digest, shown
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -164,43 +170,55 @@ class Recorder(BrokerThread):
         return str(item["id"]) if changed else None
 
     def _decode(self, delivery: Delivery) -> dict[str, Any] | DeadLetter | None:
-        if delivery.queue == topology.DEAD_QUEUE:
-            return self._dead_letter(delivery)
+        """The event or dead letter in a delivery, or None (logged) if it is neither."""
         try:
+            if delivery.queue == topology.DEAD_QUEUE:
+                return self._dead_letter(delivery)
+            if len(delivery.body) > self.settings.max_message_bytes:
+                raise InvalidRequest(f"{len(delivery.body)} bytes: larger than any event")
             return load_event(delivery.body)
-        except InvalidRequest as exc:
-            log.warning("recorder: dropped an invalid event (routing key %s, message id %s): "
-                        "%s; body starts %.120r", delivery.routing_key,
-                        delivery.properties.message_id, exc, delivery.body)
+        except Exception as exc:  # noqa: BLE001 - no body may stop the recorder
+            reason = str(exc) if isinstance(exc, InvalidRequest) else describe(exc)
+            log.warning("recorder: dropped a message from %s (routing key %s, message id %s):"
+                        " %s", delivery.queue, shown(delivery.routing_key, 80),
+                        shown(delivery.properties.message_id or "-", 80), shown(reason, 200))
             return None
 
     def _dead_letter(self, delivery: Delivery) -> DeadLetter | None:
-        try:
-            body = json.loads(delivery.body)
-        except (ValueError, UnicodeDecodeError):
-            body = None
+        body = None
+        # A body larger than any request is not parsed (its message_id tells the job).
+        if len(delivery.body) <= self.settings.max_message_bytes:
+            try:
+                body = load_json(delivery.body)
+            except InvalidRequest:
+                pass
         request = body if isinstance(body, dict) else {}
-        job_id = delivery.properties.message_id or request.get("id")
-        if not job_id or not isinstance(job_id, str):
-            log.warning("recorder: dropped a dead letter without a job id (no message_id, "
-                        "no id in the body); body starts %.120r", delivery.body)
-            return None
-        headers = delivery.properties.headers or {}
-        deaths = headers.get("x-death") or [{}]
-        death = deaths[0] if isinstance(deaths[0], dict) else {}
+        job_id = _dead_job_id(delivery.properties.message_id, request.get("id"))
+        if job_id is None:
+            raise InvalidRequest("a dead letter without a job id (neither message_id nor the "
+                                 "body's id is a canonical UUID)")
+        headers = delivery.properties.headers if isinstance(delivery.properties.headers,
+                                                             dict) else {}
+        deaths = headers.get("x-death")
+        death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(
+            deaths[0], dict) else {}
         why = str(death.get("reason") or headers.get("x-first-death-reason") or "unknown")
-        routing_keys = death.get("routing-keys") or [delivery.routing_key]
-        tool = request.get("tool") if isinstance(request.get("tool"), str) else routing_keys[0]
+        routing_keys = death.get("routing-keys")
+        first_key = routing_keys[0] if isinstance(routing_keys, list) and routing_keys \
+            else delivery.routing_key
+        tool = request.get("tool") if isinstance(request.get("tool"), str) else first_key
         args = request.get("args")
         timeout = request.get("timeout")
         return DeadLetter(
             job_id=job_id,
             reason=self._death_reason(why, str(death.get("queue") or topology.JOBS_QUEUE)),
             request={
-                "tool": tool or None,
+                "tool": str(tool)[:64] if tool else None,
                 "args": [str(a) for a in args] if isinstance(args, list) else None,
-                "timeout": timeout if isinstance(timeout, int) else None,
+                "timeout": timeout if isinstance(timeout, int) and not isinstance(
+                    timeout, bool) and 0 < timeout < 2**31 else None,
                 "correlation_id": delivery.properties.correlation_id,
+                "digest": request_digest(delivery.body),
             },
         )
 
@@ -216,6 +234,14 @@ class Recorder(BrokerThread):
         if why == "maxlen":
             return f"dead-lettered: queue {queue_name} was full"
         return f"dead-lettered from queue {queue_name} ({why})"
+
+
+def _dead_job_id(message_id: object, body_id: object) -> str | None:
+    """As the worker tells it: the message_id if it is a job id, else the body's id."""
+    for candidate in (message_id, body_id):
+        if is_job_id(candidate):
+            return str(candidate)
+    return None
 
 
 def _kind(item: dict[str, Any] | DeadLetter) -> str:

@@ -8,6 +8,18 @@ minutes. Job threads hand every publish and ack back to that loop with
 `add_callback_threadsafe`. Events are published without waiting for each
 confirm: confirms arrive in order, and the one for a `finished` event is
 what acks its request.
+
+No message can stop a worker: whatever fails while a request or a control
+message is read (bad JSON, nesting, wrong types, a body too large, anything
+raised) makes that one message rejected — logged once, with control
+characters escaped, answered with a `finished`/`rejected` event when it has a
+usable job id, dead-lettered — and the worker goes on. A request is run only
+if its job id is a canonical UUID agreed by body and `message_id`, its
+`content_type` is JSON, its routing key is its tool and its `reply_to` (if
+any) is a server-named queue. Its `attempt` comes from the broker alone: 1 on
+a first delivery, else the quorum queue's `x-delivery-count` + 1. Every event
+carries the request's digest, so that a request reusing another's id never
+changes that job's record (the gateway's store compares it).
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import pika.spec
 from ocho import message, topology
 from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho.errors import InvalidRequest, PayloadTooLarge
+from ocho.message import shown
 from ocho.settings import Settings
 from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
@@ -40,8 +53,19 @@ from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
 
-# How many cancelled job ids a worker remembers.
+# How many cancelled job ids a worker remembers (about 15 MB): docs/amqp.md says
+# what a flood of more cancels than this can and cannot do.
 CANCELLED_MEMORY = 100_000
+# How many job ids (with their request's digest) a worker remembers having run,
+# to refuse a later request that reuses one of them for another body.
+RAN_MEMORY = 10_000
+# A control message is a few dozen bytes; a larger one is not even parsed.
+MAX_CONTROL_BYTES = 64 * 1024
+# Control-stream messages are acked in batches (the stream only needs credit back).
+CONTROL_ACK_EVERY = 100
+# Ignored control messages: at most this many log lines per window, then a count.
+CONTROL_LOG_BURST = 10
+CONTROL_LOG_WINDOW_S = 10.0
 # How long a starting worker reads the cancel log before taking jobs anyway.
 CANCEL_LOG_CATCH_UP_S = 30.0
 # How often the I/O loop looks at the stop flag.
@@ -54,10 +78,33 @@ class Delivery:
     tag: int
     properties: pika.BasicProperties
     attempt: int
+    routing_key: str = ""
+    digest: str | None = None  # of the body; set by the job thread (hashing takes time)
 
     @property
     def correlation_id(self) -> str | None:
         return self.properties.correlation_id or self.properties.message_id
+
+    @property
+    def reply_to(self) -> str | None:
+        """Where events go besides ocho.events: only a server-named queue."""
+        reply_to = self.properties.reply_to
+        return reply_to if topology.is_reply_address(reply_to) else None
+
+
+def attempt_of(redelivered: bool, headers: Any, delivery_limit: int) -> int:
+    """Which run of the request this delivery is, from what the broker says alone.
+
+    A first delivery is attempt 1 whatever its headers say (a client can set any
+    header when it publishes). A redelivery is 1 + the quorum queue's
+    x-delivery-count; a count that is missing, not a whole number or out of
+    range says only that it is at least the second run."""
+    if not redelivered:
+        return 1
+    count = headers.get("x-delivery-count") if isinstance(headers, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= delivery_limit:
+        return count + 1
+    return 2
 
 
 @dataclasses.dataclass
@@ -80,6 +127,11 @@ class Worker:
         self._lock = threading.Lock()
         self._running: dict[str, RunningJob] = {}
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ran: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+        self._cancels_forgotten = 0
+        self._control_unacked = 0
+        self._control_ignored = 0
+        self._control_window = (0.0, 0)  # (start, lines logged in it)
         self._connection: pika.SelectConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._consumer_tag: str | None = None
@@ -101,6 +153,12 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 log.warning("worker %s: broker unreachable (%s); retrying", self.name,
                             describe(exc))
+            except Exception as exc:  # noqa: BLE001 - a bug in a callback must not end the worker
+                log.error("worker %s: unexpected %s; reconnecting", self.name,
+                          shown(describe(exc), 300))
+                log.debug("worker %s: the unexpected error's traceback", self.name,
+                          exc_info=exc)
+                self._drop_connection()
             self._abandon_running("the broker connection was lost")
             if self._consuming:
                 backoff.reset()
@@ -112,6 +170,20 @@ class Worker:
         self.process_counter.close()
         log.info("worker %s stopped", self.name)
 
+    def _drop_connection(self) -> None:
+        """Close a connection whose I/O loop was left by an exception, so that the broker
+        hands its unacked requests to another worker at once."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is None:
+            return
+        try:
+            if connection.is_open:
+                connection.close()
+                connection.ioloop.call_later(5, connection.ioloop.stop)  # if no CloseOk
+                connection.ioloop.start()  # until _on_connection_closed stops it
+        except Exception as exc:  # noqa: BLE001 - it is being dropped anyway
+            log.debug("worker %s: closing a broken connection: %s", self.name, describe(exc))
+
     def stop(self) -> None:
         self.stopping.set()
 
@@ -120,7 +192,8 @@ class Worker:
         connection = pika.BlockingConnection(
             connection_parameters(self.settings, f"ocho-worker {self.name} setup"))
         try:
-            topology.declare(connection.channel(), self.settings.delivery_limit)
+            topology.declare(connection.channel(), self.settings.delivery_limit,
+                             self.settings.max_queued)
         finally:
             connection.close()
 
@@ -183,6 +256,7 @@ class Worker:
         def on_open(control: pika.channel.Channel) -> None:
             # Without the cancel log a cancel could be missed: start over.
             control.add_on_close_callback(self._on_channel_closed)
+            self._control_unacked = 0
             control.basic_qos(prefetch_count=1000, callback=lambda _frame: control.basic_consume(
                 topology.CONTROL_LOG, self._on_control,
                 arguments={"x-stream-offset": "first"},
@@ -253,48 +327,115 @@ class Worker:
             item.control.cancel.set()
 
     # -- control ---------------------------------------------------------------------------
-    def _on_control(self, channel: pika.channel.Channel, method: Any, _props: Any,
+    def _on_control(self, channel: pika.channel.Channel, method: Any, props: Any,
                     body: bytes) -> None:
-        channel.basic_ack(method.delivery_tag)
+        self._ack_control(channel, method.delivery_tag)
         try:
-            command = json.loads(body)
-            action, job_id = command["action"], str(command["id"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignored a control message that is not {action, id}: %.200r", body)
-            return
+            self._apply_control(body)
+        except Exception as exc:  # noqa: BLE001 - no control message may stop the worker
+            self._ignored_control(getattr(props, "message_id", None), exc)
+
+    def _ack_control(self, channel: pika.channel.Channel, tag: int) -> None:
+        """The stream wants credit back, not each ack: one ack now and then covers all."""
+        self._control_unacked += 1
+        if self._control_unacked >= CONTROL_ACK_EVERY:  # the rest stay within the prefetch
+            channel.basic_ack(tag, multiple=True)
+            self._control_unacked = 0
+
+    def _apply_control(self, body: bytes) -> None:
+        if len(body) > MAX_CONTROL_BYTES:
+            raise InvalidRequest(f"{len(body)} bytes; a control message is at most "
+                                 f"{MAX_CONTROL_BYTES}")
+        command = message.load_json(body, "control message")
+        if not isinstance(command, dict):
+            raise InvalidRequest('not a JSON object like {"action": "cancel", "id": …}')
+        action, job_id = command.get("action"), command.get("id")
         if action == "sync":
-            if job_id == self._sync_marker:
+            if isinstance(job_id, str) and job_id == self._sync_marker:
                 self._start_consuming()
             return
         if action != "cancel":
-            log.warning("ignored unknown control action %r for job %s", action, job_id)
-            return
+            raise InvalidRequest(f"unknown action {shown(action, 40)}")
+        if not message.is_job_id(job_id):
+            raise InvalidRequest(f"id {shown(job_id, 60)}: {message.JOB_ID_RULE}")
+        self._cancel(job_id)
+
+    def _cancel(self, job_id: str) -> None:
         with self._lock:
             self._cancelled[job_id] = None
+            self._cancelled.move_to_end(job_id)
             while len(self._cancelled) > CANCELLED_MEMORY:
                 self._cancelled.popitem(last=False)
+                self._cancels_forgotten += 1
+                if self._cancels_forgotten == 1:
+                    log.warning("worker %s: more than %d cancels; the oldest are forgotten "
+                                "(see docs/amqp.md, Cancelling a job)", self.name,
+                                CANCELLED_MEMORY)
             item = self._running.get(job_id)
         if item is not None:
             log.info("job %s cancel requested; killing its process group", job_id)
             item.control.cancel.set()
 
+    def _ignored_control(self, message_id: object, exc: Exception) -> None:
+        """One line per ignored message, but at most CONTROL_LOG_BURST per window: a
+        flood of junk must not become a flood of log lines."""
+        self._control_ignored += 1
+        now = time.monotonic()
+        start, lines = self._control_window
+        if now - start > CONTROL_LOG_WINDOW_S:
+            if lines > CONTROL_LOG_BURST:
+                log.warning("worker %s: %d more control messages ignored in %.0f s",
+                            self.name, lines - CONTROL_LOG_BURST, now - start)
+            start, lines = now, 0
+        self._control_window = (start, lines + 1)
+        if lines < CONTROL_LOG_BURST:
+            reason = str(exc) if isinstance(exc, InvalidRequest) else describe(exc)
+            log.warning("worker %s: ignored control message %s: %s", self.name,
+                        shown(message_id or "(no message_id)", 80), shown(reason, 200))
+
     # -- requests --------------------------------------------------------------------------
     def _on_request(self, channel: pika.channel.Channel, method: Any,
                     props: pika.BasicProperties, body: bytes) -> None:
-        headers = props.headers or {}
-        attempt = 1 + int(headers.get("x-delivery-count") or 0)
-        delivery = Delivery(channel, method.delivery_tag, props, attempt)
-        self.pool.submit(self.metrics.in_slot(self._handle), delivery, body)
+        attempt = attempt_of(bool(method.redelivered), props.headers,
+                             self.settings.delivery_limit)
+        delivery = Delivery(channel, method.delivery_tag, props, attempt,
+                            str(method.routing_key or ""))
+        try:
+            self.pool.submit(self.metrics.in_slot(self._handle), delivery, body)
+        except RuntimeError:  # the pool is shut down: unacked, the broker redelivers it
+            log.info("worker %s stopping: left request %s to the broker", self.name,
+                     shown(props.message_id))
 
     def _handle(self, delivery: Delivery, body: bytes) -> None:
         try:
-            job = self._parse(delivery, body)
-        except InvalidRequest as exc:
+            delivery.digest = message.request_digest(body)
+            job = self._read(delivery, body)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is a rejected request
+            try:
+                self._refuse(delivery, body, exc)
+            except Exception:
+                log.exception("request %s: could not be rejected",
+                              shown(delivery.properties.message_id))
+            return
+        try:
+            if job is not None:
+                self._take(delivery, job)
+        except Exception:
+            log.exception("job %s: the worker's job thread failed", job.id if job else "-")
+
+    def _refuse(self, delivery: Delivery, body: bytes, exc: Exception) -> None:
+        """Reject a request that cannot be read, answering it if it can be told apart."""
+        reason = str(exc) if isinstance(exc, InvalidRequest) else \
+            f"the request could not be read: {describe(exc)}"
+        try:
             # An oversized body is not parsed even to find its id (message_id has it).
             oversized = len(body) > self.settings.max_message_bytes
             job_id, tool = _identify(delivery, b"" if oversized else body)
-            self._reject(delivery, job_id, str(exc), tool)
-            return
+        except Exception:  # noqa: BLE001 - nothing more can be told of it
+            job_id, tool = None, None
+        self._reject(delivery, job_id, reason, tool)
+
+    def _take(self, delivery: Delivery, job: runner.Job) -> None:
         with self._lock:
             cancelled = job.id in self._cancelled
         if cancelled:
@@ -311,8 +452,9 @@ class Worker:
             self._report(delivery, job, outcome, control)
 
         control.on_outcome = report
+        mine = RunningJob(job, delivery, control)
         with self._lock:
-            self._running[job.id] = RunningJob(job, delivery, control)
+            self._running[job.id] = mine
         try:
             log.info("job %s started: %s attempt %d", job.id, job.tool, job.attempt)
             self.metrics.job_started(job.tool)
@@ -329,9 +471,17 @@ class Worker:
                                      reason="internal error in the worker; see its log")
         finally:
             with self._lock:
-                self._running.pop(job.id, None)
+                if self._running.get(job.id) is mine:
+                    del self._running[job.id]
+                self._remember_ran(job.id, delivery.digest)
         if not reported:
             self._report(delivery, job, outcome, control)
+
+    def _remember_ran(self, job_id: str, digest: str | None) -> None:
+        self._ran[job_id] = digest
+        self._ran.move_to_end(job_id)
+        while len(self._ran) > RAN_MEMORY:
+            self._ran.popitem(last=False)
 
     def _report(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome,
                 control: runner.Control) -> None:
@@ -362,13 +512,33 @@ class Worker:
 
         return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running)
 
-    def _parse(self, delivery: Delivery, body: bytes) -> runner.Job:
+    def _read(self, delivery: Delivery, body: bytes) -> runner.Job | None:
+        """The job a delivery asks for; InvalidRequest naming what is wrong, or None
+        for a copy of a request this worker is running now (acked, never run twice)."""
         # The same caps as over HTTP (gateway.submission), checked before any parsing.
         if len(body) > self.settings.max_message_bytes:
             raise PayloadTooLarge(f"body: {len(body)} bytes; at most "
                                   f"{self.settings.max_message_bytes} per request "
                                   "(from OCHO_MAX_REQUEST_BYTES)", field="body")
-        request = message.load_request(body)
+        _check_properties(delivery)
+        raw = message.load_json_object(body)
+        raw["id"] = message.amqp_job_id(raw.get("id"), delivery.properties.message_id)
+        request = message.load_request(raw)
+        if delivery.routing_key != request["tool"]:
+            raise InvalidRequest(f"routing key {shown(delivery.routing_key, 80)!r} is not the "
+                                 f"tool {request['tool']!r}: publish with routing key = tool",
+                                 field="routing_key")
+        files = self._files(request)
+        if runner.tool_path(self.settings, request["tool"]) is None:
+            raise InvalidRequest(f"unknown tool {request['tool']!r}", field="tool")
+        if self._is_copy_of_running(request["id"], delivery):
+            return None
+        timeout = min(request["timeout"] or self.settings.default_timeout,
+                      self.settings.max_timeout)
+        return runner.Job(request["id"], request["tool"], request["args"], files, timeout,
+                          delivery.attempt)
+
+    def _files(self, request: dict[str, Any]) -> dict[str, bytes]:
         files = message.decode_files(request["files"])
         if len(files) > self.settings.max_files:
             raise InvalidRequest(f"files: {len(files)} files; at most {self.settings.max_files}"
@@ -381,12 +551,24 @@ class Worker:
         if total > self.settings.max_request_bytes:
             raise PayloadTooLarge(f"files: {total} bytes in all; at most "
                                   f"{self.settings.max_request_bytes} per job", field="files")
-        if runner.tool_path(self.settings, request["tool"]) is None:
-            raise InvalidRequest(f"unknown tool {request['tool']!r}", field="tool")
-        timeout = min(request["timeout"] or self.settings.default_timeout,
-                      self.settings.max_timeout)
-        return runner.Job(request["id"], request["tool"], request["args"], files, timeout,
-                          delivery.attempt)
+        return files
+
+    def _is_copy_of_running(self, job_id: str, delivery: Delivery) -> bool:
+        """True for a second copy of a request that runs here now; InvalidRequest for
+        another request that reuses the id of one this worker runs or ran."""
+        with self._lock:
+            running = self._running.get(job_id)
+            ran = self._ran.get(job_id, delivery.digest)
+        theirs = running.delivery.digest if running is not None else ran
+        if theirs != delivery.digest:
+            raise InvalidRequest(f"job id {job_id} is already taken by another request (a "
+                                 "different body); give every request a new id", field="id")
+        if running is None or running.control.abandon:
+            return False  # a redelivery, or the same request published again later
+        log.warning("job %s: a second copy of the running request arrived (message %s); "
+                    "acked without running it twice", job_id, delivery.tag)
+        self._on_io_thread(delivery, lambda: delivery.channel.basic_ack(delivery.tag))
+        return True
 
     def _finish(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome) -> None:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
@@ -398,17 +580,27 @@ class Worker:
     def _reject(self, delivery: Delivery, job_id: str | None, reason: str,
                 tool: str | None = None) -> None:
         """Report a request that must never run, then dead-letter it."""
-        log.warning("job %s rejected: %s", job_id or "(no id)", reason)
+        log.warning("job %s rejected (message_id %s): %s", job_id or "(no usable id)",
+                    shown(delivery.properties.message_id or "-", 80), shown(reason, 300))
         self.metrics.job_finished(tool, message.REJECTED, 0)
+        outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
         if job_id is not None:
-            outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
             self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome,
                                                     self.name))
+        elif delivery.reply_to:
+            # No job to record, but the client may learn why (by its correlation_id):
+            # `id` is its message_id as given, if any.
+            given = delivery.properties.message_id
+            self._publish(delivery, _finished_event(given if isinstance(given, str) else None,
+                                                    tool, delivery.attempt, outcome,
+                                                    self.name), to_events=False)
         self._on_io_thread(delivery, lambda: delivery.channel.basic_reject(delivery.tag,
                                                                            requeue=False))
 
     # -- publishing through the connection's thread -----------------------------------------
-    def _publish(self, delivery: Delivery, event: dict[str, Any], then_ack: bool = False) -> None:
+    def _publish(self, delivery: Delivery, event: dict[str, Any], then_ack: bool = False,
+                 to_events: bool = True) -> None:
+        event.setdefault("digest", delivery.digest)
         body = message.dump_event(event)
         routing_key = topology.event_routing_key(event["type"])
         properties = pika.BasicProperties(
@@ -419,7 +611,7 @@ class Worker:
             type=event["type"],
             headers={"job_id": event["id"]},
         )
-        reply_to = delivery.properties.reply_to
+        reply_to = delivery.reply_to
 
         def settle(confirmed: bool) -> None:
             if not self._is_current(delivery):
@@ -436,8 +628,9 @@ class Worker:
             # The reply queue first: a waiting client is the one in a hurry.
             if reply_to:
                 self._send("", reply_to, body, properties)
-            self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
-                       settle if then_ack else None)
+            if to_events:
+                self._send(topology.EVENTS_EXCHANGE, routing_key, body, properties,
+                           settle if then_ack else None)
 
         self._on_io_thread(delivery, send)
 
@@ -490,7 +683,7 @@ class Worker:
                       delivery.properties.message_id, describe(exc))
 
 
-def _finished_event(job_id: str, tool: str | None, attempt: int, outcome: runner.Outcome,
+def _finished_event(job_id: str | None, tool: str | None, attempt: int, outcome: runner.Outcome,
                     worker: str) -> dict[str, Any]:
     return {"type": message.FINISHED, "id": job_id, "tool": tool, "attempt": attempt,
             "state": outcome.state, "exit_code": outcome.exit_code, "ms": outcome.ms,
@@ -499,21 +692,32 @@ def _finished_event(job_id: str, tool: str | None, attempt: int, outcome: runner
             "output": outcome.tail, "ts": time.time()}
 
 
+def _check_properties(delivery: Delivery) -> None:
+    properties = delivery.properties
+    content_type = (properties.content_type or "").split(";")[0].strip().lower()
+    if content_type != message.CONTENT_TYPE:
+        raise InvalidRequest(f"content_type {shown(properties.content_type or '', 80)!r}: "
+                             f"must be {message.CONTENT_TYPE}", field="content_type")
+    if properties.reply_to and delivery.reply_to is None:
+        raise InvalidRequest(f"reply_to {shown(properties.reply_to, 80)!r}: must be a "
+                             "server-named queue (amq.gen-…, declare it with an empty name) "
+                             "or amq.rabbitmq.reply-to", field="reply_to")
+
+
 def _identify(delivery: Delivery, body: bytes) -> tuple[str | None, str | None]:
-    """The job id and tool of a request too broken to run, as far as they can be told."""
-    candidates = [delivery.properties.message_id]
-    tool = None
+    """The job id and tool of a request too broken to run, as far as they can be told:
+    an id only if it is a canonical UUID (the message_id first when body and property
+    disagree: the dead letter is known by it)."""
+    message_id = delivery.properties.message_id
+    raw: Any = {}
     try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict):
-            candidates.insert(0, parsed.get("id"))
-            if isinstance(parsed.get("tool"), str) and message.TOOL_NAME.match(parsed["tool"]):
-                tool = parsed["tool"]
-    except (ValueError, UnicodeDecodeError):
+        raw = message.load_json(body) if body else {}
+    except InvalidRequest:
         pass
-    for candidate in candidates:
-        try:
-            return str(uuid.UUID(str(candidate))), tool
-        except ValueError:
-            continue
+    raw = raw if isinstance(raw, dict) else {}
+    tool = raw.get("tool")
+    tool = tool if isinstance(tool, str) and message.TOOL_NAME.match(tool) else None
+    for candidate in (message_id, raw.get("id")):
+        if message.is_job_id(candidate):
+            return str(candidate), tool
     return None, tool

@@ -105,12 +105,15 @@ class Store:
     # -- writes -----------------------------------------------------------------------------
 
     def create_job(self, job_id: str, tool: str, args: Sequence[str], *, timeout: int | None,
-                   correlation_id: str | None = None, created_at: float | None = None) -> Job:
-        """Record a job submitted through the API as `queued`; JobConflict if the id is taken."""
+                   correlation_id: str | None = None, created_at: float | None = None,
+                   digest: str | None = None) -> Job:
+        """Record a job submitted through the API as `queued`; JobConflict if the id is taken.
+        `digest`: ocho.message.request_digest of the body that will be published."""
         with self.transaction() as tx:
             inserted = tx.insert_job(job_id, tool=tool, args=list(args), timeout=timeout,
                                      correlation_id=correlation_id,
-                                     created_at=created_at or time.time())
+                                     created_at=created_at or time.time(),
+                                     digest=digest)
             if not inserted:
                 raise JobConflict(f"a job with id {job_id} already exists; "
                                   "leave `id` out to get a new one")

@@ -18,7 +18,7 @@ MAX_TEXT = 4096
 
 JOB_COLUMNS = ("id", "tool", "args", "state", "exit_code", "attempt", "correlation_id",
                "created_at", "started_at", "finished_at", "ms", "timeout", "truncated",
-               "output_bytes", "reason", "worker")
+               "output_bytes", "reason", "worker", "digest")
 SELECT_JOB = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 
 
@@ -40,10 +40,18 @@ class Job:
     output_bytes: int
     reason: str | None
     worker: str | None
+    # sha256 of the request body as published (ocho.message.request_digest); None for
+    # jobs recorded before digests were kept, or from events of older workers.
+    digest: str | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    def is_request(self, digest: str | None) -> bool:
+        """Whether something carrying `digest` is about this job's own request (unknown
+        on either side: yes, as before digests were kept)."""
+        return self.digest is None or digest is None or self.digest == digest
 
 
 @dataclasses.dataclass(frozen=True)

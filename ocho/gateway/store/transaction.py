@@ -6,6 +6,10 @@ locking a job row, and the two ways events reach a job: `apply_event` and
 (ocho.gateway.store.machine); this module only finds or creates the row and
 hands it over, locked.
 
+A job belongs to one request: `digest` (sha256 of the request body as
+published) is kept with the job, and an event or dead letter that carries
+another digest — another request reusing the id — never changes the job.
+
 Job counts by state (the `job_counts` table) change with every insert, state
 change and delete; the changes are summed here and written once, just before
 commit, in one order of states, so concurrent transactions never deadlock on
@@ -115,15 +119,22 @@ class StoreTransaction:
         """Apply a started/output/finished event; True if the job changed. Events for a job
         the store never saw (submitted straight over AMQP) create it."""
         ts = float(event.get("ts") or time.time())
-        inserted = self.insert_job(str(event["id"]), tool=event.get("tool"), created_at=ts)
-        return self.record(str(event["id"])).apply(event, ts) or inserted
+        inserted = self.insert_job(str(event["id"]), tool=event.get("tool"), created_at=ts,
+                                   digest=event.get("digest"))
+        record = self.record(str(event["id"]))
+        if not record.job.is_request(event.get("digest")):
+            return False  # another request that reuses this job's id
+        return record.apply(event, ts) or inserted
 
     def reject(self, job_id: str, reason: str, *, tool: str | None = None,
                args: list[str] | None = None, timeout: int | None = None,
-               correlation_id: str | None = None) -> bool:
-        """Mark a job that will never run `rejected`, unless it already ended; True if
-        changed. Creates the job if the store never saw it."""
+               correlation_id: str | None = None, digest: str | None = None) -> bool:
+        """Mark a job that will never run `rejected`, unless it already ended or belongs to
+        another request (another digest); True if changed. Creates the job if the store
+        never saw it."""
         now = time.time()
         self.insert_job(job_id, tool=tool, args=args, timeout=timeout,
-                        correlation_id=correlation_id, created_at=now)
-        return self.record(job_id).reject(reason, now)
+                        correlation_id=correlation_id, created_at=now,
+                        digest=digest)
+        record = self.record(job_id)
+        return record.job.is_request(digest) and record.reject(reason, now)
