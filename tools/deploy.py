@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from typing import Any  # noqa: E402
-
-from ocho.errors import OchoError  # noqa: E402
-from ocho.kube import labels, tool  # noqa: E402
-from ocho.kube.api import KubeApi, connect  # noqa: E402 - imports the client lazily
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.definition import (  # noqa: E402
+from ocho.errors import OchoError
+from ocho.kube import labels, tool
+from ocho.kube.api import KubeApi, connect  # imports the client lazily
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.definition import (
     Definition,
     DefinitionError,
     Overrides,
@@ -28,11 +21,11 @@ from ocho.kube.definition import (  # noqa: E402
     load_definitions,
     load_overrides,
 )
-from ocho.kube.errors import KubeError  # noqa: E402
-from ocho.kube.manifest import build_controller  # noqa: E402
-from ocho.kube.names import DNS1123_LABEL_RULE, is_dns1123_label  # noqa: E402
-from ocho.kube.output import emit_json  # noqa: E402
-from ocho.kube.rollout import wait_until_ready  # noqa: E402
+from ocho.kube.errors import KubeError
+from ocho.kube.manifest import build_controller
+from ocho.kube.names import DNS1123_LABEL_RULE, is_dns1123_label
+from ocho.kube.output import emit_json
+from ocho.kube.rollout import wait_until_ready
 
 PROG = "deploy"
 DESCRIPTION = """\

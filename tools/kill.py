@@ -3,21 +3,14 @@
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-
-from ocho.kube import tool  # noqa: E402
-from ocho.kube.api import connect  # noqa: E402 - imports the client lazily
-from ocho.kube.clusters import select_controllers  # noqa: E402
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.output import emit_json  # noqa: E402
+from ocho.kube import tool
+from ocho.kube.api import connect  # imports the client lazily
+from ocho.kube.clusters import select_controllers
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.output import emit_json
 
 PROG = "kill"
 DESCRIPTION = """\

@@ -106,10 +106,6 @@ class KubeApi:
                              f"{self.namespace!r}", "POST", self._path("replicationcontrollers"),
                              body=manifest)
 
-    def read_scale(self, name: str) -> Object:
-        return self._request(f"read the scale of {name!r}", "GET",
-                             self._path("replicationcontrollers", name, "scale"))
-
     def replace_scale(self, name: str, replicas: int, resource_version: str | None) -> Object:
         """PUT the scale subresource; the resourceVersion makes a concurrent change a 409."""
         body = {"apiVersion": "autoscaling/v1", "kind": "Scale",
