@@ -6,6 +6,7 @@ all the tools get."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,7 @@ def apply_manifests(kube: KubeNamespace, directory: Path) -> None:
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(json.dumps({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "namespace": kube.name, "resources": [str(MANIFESTS)]}))
+        "namespace": kube.name, "resources": [os.path.relpath(MANIFESTS, overlay)]}))
     if kubectl_works(kube):
         # The server validates every object first (a dry run), then applies them.
         for dry_run in (["--dry-run=server"], []):
