@@ -199,7 +199,8 @@ def test_stale_resource_version_is_a_real_conflict(kube: KubeNamespace, run_tool
 
     def put(replicas: int):
         body = {"apiVersion": "autoscaling/v1", "kind": "Scale",
-                "metadata": {"name": name, "resourceVersion": scale.metadata.resource_version},
+                "metadata": {"name": name, "namespace": kube.name,
+                             "resourceVersion": scale.metadata.resource_version},
                 "spec": {"replicas": replicas}}
         return kube.core.replace_namespaced_replication_controller_scale(name, kube.name, body)
 
