@@ -255,3 +255,28 @@ def test_grep_and_info_of_running_pods(kube_emulator: KubeEmulator, run_emulated
     listing = json.loads(run_emulated("ls", "-j").out)["clusters"]
     assert [(cluster["cluster"], cluster["ready"]) for cluster in listing] == [
         ("default.kafka", 2)]
+
+
+def test_log_reports_each_pods_problem_and_fails_only_if_none_was_read(
+        kube_emulator: KubeEmulator, run_emulated) -> None:
+    """Emulator: a container still starting (400) or an unreachable node (500) needs a kubelet."""
+    assert run_emulated("deploy", "zookeeper.yml", "-p", "2", files=files()).code == 0
+    wait_for(lambda: len(kube_emulator.pods()) == 2, what="2 pods")
+    broken, fine = sorted(pod["metadata"]["name"] for pod in kube_emulator.pods())
+    kube_emulator.fail_next("GET", rf"/pods/{broken}/log$", 400, "BadRequest",
+                            f'container "zookeeper" in pod "{broken}" is waiting to start: '
+                            "ContainerCreating")
+    result = run_emulated("log", "zookeeper")
+    assert result.code == 0, result.output
+    (line,) = result.err.strip().splitlines()
+    assert line.startswith(f"log: default.zookeeper {broken}: ") and "waiting to start" in line
+    assert "ochopod: pod is running" in result.out.split(f"{fine} <==")[1]
+
+    kube_emulator.fail_next("GET", r"/log$", 500, "InternalError",
+                            "Get https://node:10250/containerLogs: dial tcp: connection refused",
+                            times=2)
+    every = run_emulated("log", "-j", "zookeeper")
+    assert every.code == 1
+    document = json.loads(every.out)
+    assert document["ok"] is False
+    assert all("connection refused" in pod["error"] for pod in document["pods"])
