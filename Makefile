@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install services run test lint bench
+.PHONY: install services run test lint bench kube kube-down
 
 install: $(STAMP)
 
@@ -30,3 +30,11 @@ bench: install services
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# A real Kubernetes control plane on loopback (built once from Debian's
+# packages, several minutes; then seconds): export the KUBECONFIG it prints.
+kube:
+	scripts/kube-up
+
+kube-down:
+	scripts/kube-down

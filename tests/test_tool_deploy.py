@@ -1,5 +1,6 @@
 """deploy as a user runs it: dry runs, validation of whole batches, hostile YAML,
-and reruns of the same job against the API emulator."""
+oversized controllers and reruns of the same job, against a real Kubernetes
+control plane (tests.kube.real)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 
 from tests.infra import wait_for
 from tests.kube.emulator import KubeEmulator
+from tests.kube.real import KubeNamespace
 from tests.kube.toolrun import (
     DEFINITIONS,
     ROOT,
@@ -128,7 +130,7 @@ def test_overrides_merge_deeply_and_per_cluster(job_dir: Path) -> None:
 
 
 def test_a_bad_batch_creates_nothing_and_reports_every_problem(
-        kube_emulator: KubeEmulator, run_tool) -> None:
+        kube: KubeNamespace, run_tool) -> None:
     files = {
         "zookeeper.yml": definition_text("zookeeper.yml"),
         "broken.yml": ("cluster: Broken_Name\nimage: busybox\nports: [80, http, 70000]\n"
@@ -144,8 +146,30 @@ def test_a_bad_batch_creates_nothing_and_reports_every_problem(
     assert "allowed fields are cluster, image" in result.err
     assert "0% success" in result.out
     assert "Traceback" not in result.output
-    assert kube_emulator.controllers() == []
-    assert not any(line.startswith("POST") for line in kube_emulator.requests)
+    assert kube.controllers() == []
+
+
+def test_a_batch_with_a_controller_over_the_limit_creates_nothing(kube: KubeNamespace,
+                                                                   run_tool) -> None:
+    """Each file is under the 1 MiB file cap, but -o merges them: the controller
+    would be 1.2 MiB, which etcd would refuse after zookeeper was created."""
+    blob = "x" * (600 * 1024)
+    files = {"zookeeper.yml": definition_text("zookeeper.yml"),
+             "big.yml": f"cluster: big\nimage: busybox\nsettings: {{a: {blob}}}\n",
+             "big-overrides.yml": f"default.big:\n  settings: {{b: {blob}}}\n"}
+    for dry_run in (["--dry-run"], []):
+        result = run_tool("deploy", *dry_run, "zookeeper.yml", "big.yml", "-o",
+                          "big-overrides.yml", files=files)
+        assert result.code == 1, result.output
+        (line,) = result.err.strip().splitlines()
+        assert line.startswith("deploy: big.yml: its ReplicationController would be 12")
+        assert "over deploy's limit of 1024 KiB per controller" in line
+        assert "0% success / spawned 0 pod(s): 1 problem(s), nothing deployed" in result.out
+    assert kube.controllers() == []
+    assert kube.pods() == []
+    fits = run_tool("deploy", "zookeeper.yml", "big.yml", files=files)
+    assert fits.code == 0, fits.output  # 600 KiB alone is fine
+    assert len(kube.controllers()) == 2
 
 
 def test_bad_yaml_is_reported_with_line_and_column(job_dir: Path) -> None:
@@ -188,7 +212,7 @@ def test_oversized_and_binary_files_are_refused(job_dir: Path) -> None:
     assert "nomatch-*.yml: no file matches" in result.err
 
 
-def test_same_job_twice_creates_one_controller(kube_emulator: KubeEmulator, run_tool) -> None:
+def test_same_job_twice_creates_one_controller(kube: KubeNamespace, run_tool) -> None:
     files = {"zookeeper.yml": definition_text("zookeeper.yml")}
     job = "5d1b7e9a-2c3f-4a5b-8c6d-7e8f9a0b1c2d"
     first = run_tool("deploy", "zookeeper.yml", "-p", "3", files=files, job_id=job)
@@ -198,15 +222,14 @@ def test_same_job_twice_creates_one_controller(kube_emulator: KubeEmulator, run_
     assert again.code == 0, again.output
     assert "already deployed by this job" in again.out
     assert "100% success / spawned 3 pod(s)" in again.out
-    assert len(kube_emulator.controllers(selector=f"ocho.io/job={job}")) == 1
+    assert len(kube.controllers(f"ocho.io/job={job}")) == 1
     other = run_tool("deploy", "zookeeper.yml", files=files)
     assert other.code == 0
-    assert len(kube_emulator.controllers()) == 2  # another job deploys anew
-    wait_for(lambda: len(kube_emulator.pods(selector=f"ocho.io/job={job}")) == 3,
-             what="the job's 3 pods")
+    assert len(kube.controllers()) == 2  # another job deploys anew
+    kube.wait_for_pods(3, f"ocho.io/job={job}")
 
 
-def test_deploy_json_output(kube_emulator: KubeEmulator, run_tool) -> None:
+def test_deploy_json_output(kube: KubeNamespace, run_tool) -> None:
     result = run_tool("deploy", "-j", "redis.yml", files={"redis.yml": definition_text(
         "redis.yml")})
     assert result.code == 0, result.output
@@ -214,8 +237,13 @@ def test_deploy_json_output(kube_emulator: KubeEmulator, run_tool) -> None:
     assert report["ok"] is True and report["success"] == 100 and report["pods"] == 1
     (outcome,) = report["definitions"]
     assert outcome["state"] == "created" and outcome["cluster"] == "redis"
-    (rc,) = kube_emulator.controllers()
+    assert report["k8s_namespace"] == kube.name
+    (rc,) = kube.controllers()
     assert rc["metadata"]["name"] == outcome["controller"]
+    # What the server stored is what deploy built, with the server's defaults added.
+    (container,) = rc["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "redis:7.2" and container["imagePullPolicy"] == "IfNotPresent"
+    assert rc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "ocho-portal"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--dry-run", "zookeeper.yml"]])
@@ -255,8 +283,10 @@ def test_uploaded_files_never_shadow_modules(job_dir: Path) -> None:
     assert "hijacked" not in result.output
 
 
-def test_wait_watches_until_every_pod_is_ready(kube_emulator: KubeEmulator, run_tool,
+def test_wait_watches_until_every_pod_is_ready(kube_emulator: KubeEmulator, run_emulated,
                                                job_dir: Path) -> None:
+    """Emulator: pods become running and ready only where a kubelet runs them."""
+    run_tool = run_emulated
     files = {"zookeeper.yml": definition_text("zookeeper.yml"),
              "redis.yml": definition_text("redis.yml")}
     kube_emulator.hold_images("redis:7.2")

@@ -24,7 +24,12 @@ from ocho.kube.definition import (
     validate,
 )
 from ocho.kube.errors import KubeError, api_failure
-from ocho.kube.manifest import build_controller
+from ocho.kube.manifest import (
+    MAX_CONTROLLER_BYTES,
+    build_controller,
+    serialized_size,
+    size_problem,
+)
 from ocho.kube.names import controller_name, discriminator
 from ocho.kube.output import age, table
 from ocho.kube.patterns import ClusterPattern, common_selector, parse_patterns
@@ -315,3 +320,64 @@ def test_two_deploys_within_one_second_keep_their_order() -> None:
                                 job_id=None, when=datetime(2026, 1, 1, 10, 0, 0, 123456, UTC))
     assert manifest["metadata"]["annotations"]["ocho.io/deployed-at"] == (
         "2026-01-01T10:00:00.123456+00:00")
+
+
+def test_a_namespace_being_deleted_is_named_without_the_rbac_hint() -> None:
+    body = ('{"kind":"Status","apiVersion":"v1","status":"Failure","message":"replication'
+            'controllers \\"z\\" is forbidden: unable to create new content in namespace t-1 '
+            'because it is being terminated","reason":"Forbidden","details":{"name":"z","kind":'
+            '"replicationcontrollers","causes":[{"reason":"NamespaceTerminating","message":'
+            '"namespace t-1 is being terminated","field":"metadata.namespace"}]},"code":403}')
+    error = api_failure(FakeApiException(403, body), "create z")
+    assert "the Kubernetes namespace 't-1' is being deleted (terminating)" in str(error)
+    assert "RBAC" not in str(error) and error.reason == "NamespaceTerminating"
+    rbac = api_failure(FakeApiException(403, body.replace("NamespaceTerminating", "x").replace(
+        "because it is being terminated", "")), "create z")
+    assert "RBAC" in str(rbac)
+
+
+def test_a_controller_over_the_size_limit_is_refused_before_sending() -> None:
+    definition = validate({"cluster": "big", "image": "busybox",
+                           "settings": {"blob": "x" * MAX_CONTROLLER_BYTES}}, "big.yml")
+    manifest = build_controller(definition, namespace="default", pods=1, job_id=None, when=WHEN)
+    assert serialized_size(manifest) > MAX_CONTROLLER_BYTES
+    problem = size_problem(manifest)
+    assert problem is not None and "over deploy's limit of 1024 KiB" in problem
+    small = build_controller(validate({"cluster": "a", "image": "b"}, "a.yml"),
+                             namespace="default", pods=1, job_id=None, when=WHEN)
+    assert size_problem(small) is None
+
+
+@pytest.fixture
+def service_account(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A pod's mounted service account, as the kubelet would mount it."""
+    from ocho.kube import api, config
+
+    directory = tmp_path / "serviceaccount"
+    directory.mkdir()
+    (directory / "token").write_text("pod-token")
+    (directory / "namespace").write_text("ocho")
+    monkeypatch.setattr(config, "SERVICE_ACCOUNT_DIR", directory)
+    monkeypatch.setattr(api, "SERVICE_ACCOUNT_DIR", directory)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    return directory
+
+
+def test_credentials_follow_kubectls_order(service_account, tmp_path) -> None:
+    from ocho.kube.api import connect
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://from-kubeconfig:6443'}}]\n"
+        "users: [{name: u, user: {token: kc-token}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u, namespace: team}}]\n")
+    pod = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    explicit = connect(ToolEnvironment.from_environ(
+        {**pod, "KUBECONFIG": str(kubeconfig), "OCHO_K8S_HOST": "https://explicit:6443"}))
+    assert (explicit.host, explicit.namespace) == ("https://explicit:6443", "default")
+    from_file = connect(ToolEnvironment.from_environ({**pod, "KUBECONFIG": str(kubeconfig)}))
+    assert (from_file.host, from_file.namespace) == ("https://from-kubeconfig:6443", "team")
+    in_cluster = connect(ToolEnvironment.from_environ(pod))
+    assert (in_cluster.host, in_cluster.namespace) == ("https://10.0.0.1:443", "ocho")
+    assert in_cluster.api_client.configuration.api_key["BearerToken"] == "pod-token"

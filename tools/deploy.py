@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from typing import Any  # noqa: E402
-
-from ocho.errors import OchoError  # noqa: E402
-from ocho.kube import labels, tool  # noqa: E402
-from ocho.kube.api import KubeApi, connect  # noqa: E402 - imports the client lazily
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.definition import (  # noqa: E402
+from ocho.errors import OchoError
+from ocho.kube import labels, tool
+from ocho.kube.api import KubeApi, connect  # imports the client lazily
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.definition import (
     Definition,
     DefinitionError,
     Overrides,
@@ -28,18 +21,22 @@ from ocho.kube.definition import (  # noqa: E402
     load_definitions,
     load_overrides,
 )
-from ocho.kube.errors import KubeError  # noqa: E402
-from ocho.kube.manifest import build_controller  # noqa: E402
-from ocho.kube.names import DNS1123_LABEL_RULE, is_dns1123_label  # noqa: E402
-from ocho.kube.output import emit_json  # noqa: E402
-from ocho.kube.rollout import wait_until_ready  # noqa: E402
+from ocho.kube.errors import KubeError
+from ocho.kube.manifest import build_controller, size_problem
+from ocho.kube.names import DNS1123_LABEL_RULE, is_dns1123_label
+from ocho.kube.output import emit_json
+from ocho.kube.rollout import wait_until_ready
 
 PROG = "deploy"
 DESCRIPTION = """\
 Spawn one ReplicationController (and its pods) per container definition.
 
-Every definition is checked first: if any is invalid, nothing is created and
-every problem is listed with its file and field. Ochopod's settings are added
+Every definition is checked first: if any is invalid, or would make a
+controller over 1 MiB as JSON (etcd refuses objects over 1.5 MiB), nothing is
+created and every problem is listed with its file and field. Then the API
+server checks the whole batch (a server-side dry run, dryRun=All): if it
+refuses any controller, nothing is created either. A batch deploys whole or
+not at all. Ochopod's settings are added
 to each container (ochopod_cluster, ochopod_namespace, ochopod_application,
 the definition's `settings` as JSON in $pod, control port 8080).
 
@@ -138,24 +135,15 @@ def deploy(args: argparse.Namespace) -> int:
         pods=args.pods if args.pods is not None else (
             definition.pods if definition.pods is not None else 1)))
         for definition in definitions]
+    problems = [f"{definition.source}: {problem}" for definition, manifest in plans
+                if (problem := size_problem(manifest))]
+    if problems:
+        return report_invalid(problems, args)
     if args.dry_run:
         return print_manifests([manifest for _, manifest in plans], args.json)
 
     api = connect(env, args.k8s_namespace)  # imports the kubernetes client: only now
-    outcomes: list[Outcome] = []
-    fatal: KubeError | None = None
-    for definition, manifest in plans:
-        if fatal is not None:
-            outcomes.append(Outcome(definition.source, definition.cluster, "skipped",
-                                    error=f"not attempted: {fatal}"))
-            continue
-        try:
-            outcomes.append(deploy_one(api, definition, manifest, args.namespace, env.job_id))
-        except KubeError as exc:
-            outcomes.append(Outcome(definition.source, definition.cluster, "failed",
-                                    error=str(exc)))
-            if exc.fatal:
-                fatal = exc
+    outcomes = deploy_batch(api, plans, args.namespace, env.job_id)
     if args.wait > 0:
         wait_for_pods(api, outcomes, args.wait, args.namespace)
     return report(outcomes, args, api.namespace)
@@ -176,19 +164,80 @@ def wait_for_pods(api: KubeApi, outcomes: list[Outcome], seconds: int, namespace
                                  f"after {seconds}s")
 
 
-def deploy_one(api: KubeApi, definition: Definition, manifest: dict[str, Any], namespace: str,
-               job_id: str | None) -> Outcome:
-    """Create the controller unless this job already did (a redelivered job runs again)."""
-    if job_id:
-        mine = {labels.NAMESPACE: namespace, labels.CLUSTER: definition.cluster,
-                labels.JOB: job_id}
-        existing = [rc for rc in api.list_controllers(labels.equality_selector(mine))
-                    if not rc["metadata"].get("deletionTimestamp")]
-        if existing:
-            rc = existing[0]
-            return Outcome(definition.source, definition.cluster, "exists",
-                           controller=rc["metadata"]["name"], pods=rc["spec"].get("replicas", 1))
-    created = api.create_controller(manifest)
+Plan = tuple[Definition, dict[str, Any]]
+
+
+def deploy_batch(api: KubeApi, plans: list[Plan], namespace: str,
+                 job_id: str | None) -> list[Outcome]:
+    """Create every planned controller, or none: the server checks them all first.
+
+    Controllers this job already created (a redelivered job) are reported, not redone.
+    """
+    outcomes: dict[int, Outcome] = {}
+    for index, (definition, _) in enumerate(plans):
+        if (found := already_deployed(api, definition, namespace, job_id)) is not None:
+            outcomes[index] = found
+    todo = [index for index in range(len(plans)) if index not in outcomes]
+    refused = check_on_server(api, [plans[index] for index in todo])
+    for index, error in zip(todo, refused, strict=True):
+        definition = plans[index][0]
+        if error is not None:
+            outcomes[index] = Outcome(definition.source, definition.cluster, "failed",
+                                      error=error)
+    if any(error is not None for error in refused):  # create nothing
+        names = ", ".join(outcome.source for outcome in outcomes.values()
+                          if outcome.state == "failed")
+        for index in todo:
+            definition = plans[index][0]
+            outcomes.setdefault(index, Outcome(
+                definition.source, definition.cluster, "skipped",
+                error=f"not created: a batch deploys whole or not at all, and the API server "
+                      f"refused {names}"))
+    else:
+        for index in todo:
+            outcomes[index] = create(api, *plans[index])
+    return [outcomes[index] for index in range(len(plans))]
+
+
+def already_deployed(api: KubeApi, definition: Definition, namespace: str,
+                     job_id: str | None) -> Outcome | None:
+    """The controller this job created for the definition on an earlier attempt."""
+    if not job_id:
+        return None
+    mine = {labels.NAMESPACE: namespace, labels.CLUSTER: definition.cluster,
+            labels.JOB: job_id}
+    existing = [rc for rc in api.list_controllers(labels.equality_selector(mine))
+                if not rc["metadata"].get("deletionTimestamp")]
+    if not existing:
+        return None
+    rc = existing[0]
+    return Outcome(definition.source, definition.cluster, "exists",
+                   controller=rc["metadata"]["name"], pods=rc["spec"].get("replicas", 1))
+
+
+def check_on_server(api: KubeApi, plans: list[Plan]) -> list[str | None]:
+    """A server-side dry run of each controller: None if the server would create it,
+    else why not. After a failure every further call shares, the rest are not tried."""
+    refused: list[str | None] = []
+    fatal: KubeError | None = None
+    for _, manifest in plans:
+        if fatal is not None:
+            refused.append(f"not checked: {fatal}")
+            continue
+        try:
+            api.create_controller(manifest, dry_run=True)
+            refused.append(None)
+        except KubeError as exc:
+            refused.append(str(exc))
+            fatal = exc if exc.fatal else None
+    return refused
+
+
+def create(api: KubeApi, definition: Definition, manifest: dict[str, Any]) -> Outcome:
+    try:
+        created = api.create_controller(manifest)
+    except KubeError as exc:  # after a dry run that passed: a race, e.g. a quota just filled
+        return Outcome(definition.source, definition.cluster, "failed", error=str(exc))
     return Outcome(definition.source, definition.cluster, "created",
                    controller=created["metadata"]["name"],
                    pods=created["spec"].get("replicas", 1))

@@ -3,26 +3,21 @@
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-
-from ocho.kube import tool  # noqa: E402
-from ocho.kube.api import connect  # noqa: E402 - imports the client lazily
-from ocho.kube.clusters import select_pods  # noqa: E402
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.output import age, emit_json, table  # noqa: E402
+from ocho.kube import tool
+from ocho.kube.api import connect  # imports the client lazily
+from ocho.kube.clusters import select_pods
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.output import age, emit_json, table
 
 PROG = "grep"
 DESCRIPTION = """\
 Show the pods of the matching clusters: cluster, pod, IP, phase, ready
-containers, restarts and age. Exits 1 if a pattern matches no pod.
+containers, restarts and age. A pod whose controller is gone (deleted with the
+Orphan policy) is marked `(orphan)`; `kill --orphans` removes such pods.
+Exits 1 if a pattern matches no pod.
 """
 EPILOG = """\
 examples:
@@ -50,17 +45,20 @@ def grep(args: argparse.Namespace) -> int:
             {"cluster": pod.qualified, "pod": pod.name, "ip": pod.ip, "phase": pod.phase,
              "ready": pod.ready, "containers": pod.containers, "restarts": pod.restarts,
              "started": pod.started.isoformat() if pod.started else None,
-             "application": pod.application, "deleting": pod.deleting}
+             "application": pod.application, "deleting": pod.deleting,
+             "orphaned": pod.orphaned}
             for pod in pods]})
         return 0
     if not pods:
         print(f"no pods in Kubernetes namespace {api.namespace!r}")
         return 0
-    rows = [(pod.qualified, pod.name, pod.ip or "-",
+    rows = [(pod.qualified, pod.name + (" (orphan)" if pod.orphaned else ""), pod.ip or "-",
              "Terminating" if pod.deleting else pod.phase, f"{pod.ready}/{pod.containers}",
              pod.restarts, age(pod.started)) for pod in pods]
     print(table(("CLUSTER", "POD", "IP", "PHASE", "READY", "RESTARTS", "AGE"), rows))
-    print(f"{len(pods)} pod(s)")
+    orphans = sum(1 for pod in pods if pod.orphaned)
+    print(f"{len(pods)} pod(s)" + (f", {orphans} orphaned (`kill --orphans` removes them)"
+                                   if orphans else ""))
     return 0
 
 

@@ -3,23 +3,16 @@
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
 import sys
+from typing import Any
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-from typing import Any  # noqa: E402
-
-from ocho.kube import labels, tool  # noqa: E402
-from ocho.kube.api import connect  # noqa: E402 - imports the client lazily
-from ocho.kube.clusters import Pod, select_pods  # noqa: E402
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.output import emit_json  # noqa: E402
+from ocho.kube import labels, tool
+from ocho.kube.api import connect  # imports the client lazily
+from ocho.kube.clusters import Pod, select_pods
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.output import emit_json
 
 PROG = "info"
 DESCRIPTION = """\

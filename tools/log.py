@@ -3,35 +3,34 @@
 
 from __future__ import annotations
 
-import os
+import argparse
+import re
 import sys
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-import re  # noqa: E402
-
-from ocho.kube import tool  # noqa: E402
-from ocho.kube.api import connect  # noqa: E402 - imports the client lazily
-from ocho.kube.clusters import select_pods  # noqa: E402
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.errors import KubeError  # noqa: E402
-from ocho.kube.output import emit_json  # noqa: E402
+from ocho.kube import tool
+from ocho.kube.api import KubeApi, connect  # imports the client lazily
+from ocho.kube.clusters import Pod, select_pods
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.errors import KubeError
+from ocho.kube.output import emit_json
 
 PROG = "log"
 DESCRIPTION = """\
 Print the last lines of each pod's log for the matching clusters, one block per
 pod headed by `==> <namespace>.<cluster> <pod> <==`.
+
+A pod with nothing logged yet (e.g. Pending: not scheduled or still pulling
+its image) shows `(no log yet)`. A pod whose log cannot be read (its container
+is still starting, its node does not answer, it went away) shows why, in its
+block and as one line on stderr; the other pods are still shown. Exits 1 only
+if no matching pod's log could be read at all.
 """
 EPILOG = """\
 examples:
   log 'zoo*'                 the last 50 lines of every zookeeper pod
   log dev.kafka --tail 200
   log 'zoo*' --since 10m     only what was written in the last 10 minutes
-  log -j 'zoo*'              {"ok": true, "pods": [{"cluster", "pod", "lines": [...]}]}
+  log -j 'zoo*'              {"ok": true, "pods": [{"cluster", "pod", "lines", "error"}]}
 """
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -66,30 +65,45 @@ def main(argv: list[str] | None = None) -> int:
 
 def show_logs(args: argparse.Namespace) -> int:
     api = connect(ToolEnvironment.from_environ(), args.k8s_namespace)
-    blocks = []
-    for pod in select_pods(api, args.clusters):
-        try:
-            text = api.read_log(pod.name, tail_lines=args.tail, since_seconds=args.since)
-            gone = False
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
-            text, gone = "", True  # the pod went away since it was listed: normal churn
-        blocks.append((pod, text.splitlines(), gone))
+    blocks = [(pod, *read_one(api, pod, args)) for pod in select_pods(api, args.clusters)]
+    ok = any(problem is None for _, _, problem in blocks)
     if args.json:
-        emit_json({"ok": True, "k8s_namespace": api.namespace, "pods": [
-            {"cluster": pod.qualified, "pod": pod.name, "lines": lines, "gone": gone}
-            for pod, lines, gone in blocks]})
-        return 0
-    for index, (pod, lines, gone) in enumerate(blocks):
+        emit_json({"ok": ok, "k8s_namespace": api.namespace, "pods": [
+            {"cluster": pod.qualified, "pod": pod.name, "lines": lines, "error": problem,
+             "gone": problem == GONE}
+            for pod, lines, problem in blocks]})
+        return 0 if ok else tool.EXIT_FAILED
+    for index, (pod, lines, problem) in enumerate(blocks):
         if index:
             print()
         print(f"==> {pod.qualified} {pod.name} <==")
-        if gone:
-            print("(the pod is gone)")
+        if problem is not None:
+            print(f"({problem})")
+            print(f"{PROG}: {pod.qualified} {pod.name}: {problem}", file=sys.stderr)
+        elif not lines:
+            print("(no log yet)" if pod.phase == "Pending" else "(the log is empty)")
         for line in lines:
             print(line)
-    return 0
+    return 0 if ok else tool.EXIT_FAILED
+
+
+GONE = "the pod is gone"
+
+
+def read_one(api: KubeApi, pod: Pod, args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """(lines, None), or ([], why this pod's log could not be read).
+
+    Only a failure that every pod would share (no access, no API) ends the tool.
+    """
+    try:
+        return api.read_log(pod.name, tail_lines=args.tail,
+                            since_seconds=args.since).splitlines(), None
+    except KubeError as exc:
+        if exc.fatal:
+            raise
+        if exc.status == 404:
+            return [], GONE  # it went away since it was listed: normal churn
+        return [], str(exc)
 
 
 if __name__ == "__main__":

@@ -3,25 +3,18 @@
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+from typing import Any
 
-# The tool runs from the job's directory, among the user's uploaded files: an
-# upload named "yaml.py" or "ocho.py" must never be imported instead of the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
-import argparse  # noqa: E402
-from typing import Any  # noqa: E402
-
-from ocho.errors import OchoError  # noqa: E402
-from ocho.kube import tool  # noqa: E402
-from ocho.kube.api import KubeApi, connect  # noqa: E402 - imports the client lazily
-from ocho.kube.clusters import Controller, select_controllers  # noqa: E402
-from ocho.kube.config import ToolEnvironment  # noqa: E402
-from ocho.kube.errors import KubeError  # noqa: E402
-from ocho.kube.output import emit_json  # noqa: E402
-from ocho.kube.scaling import ScaleFactor, spread  # noqa: E402
+from ocho.errors import OchoError
+from ocho.kube import tool
+from ocho.kube.api import KubeApi, connect  # imports the client lazily
+from ocho.kube.clusters import Controller, select_controllers
+from ocho.kube.config import ToolEnvironment
+from ocho.kube.errors import KubeError
+from ocho.kube.output import emit_json
+from ocho.kube.scaling import ScaleFactor, spread
 
 PROG = "scale"
 DESCRIPTION = """\

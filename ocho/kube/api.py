@@ -1,13 +1,13 @@
 """Cluster access through the official `kubernetes` client, and nothing else.
 
 `connect()` is the only way in. It imports the client, so tools call it only
-once they really talk to the API. Where the credentials come from, first match
-wins:
+once they really talk to the API. Where the credentials come from is kubectl's
+order, first match wins:
 
-1. OCHO_K8S_HOST (+ OCHO_K8S_TOKEN, OCHO_K8S_CA_FILE, OCHO_K8S_INSECURE): set on
-   purpose for this portal, so it beats anything ambient;
-2. the pod's service account, when running in a Kubernetes pod;
-3. KUBECONFIG (its current context), or ~/.kube/config.
+1. explicit settings: OCHO_K8S_HOST (+ OCHO_K8S_TOKEN, OCHO_K8S_CA_FILE,
+   OCHO_K8S_INSECURE), set on purpose for this portal;
+2. KUBECONFIG (its current context), else ~/.kube/config when it exists;
+3. the pod's service account, when running in a Kubernetes pod.
 
 Requests go through the client's `ApiClient` (its configuration, bearer auth,
 TLS, retries, and its typed errors: `ApiException.from_response` raises
@@ -39,6 +39,9 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 # Kubernetes' own defaulting: the namespace when nothing names one.
 DEFAULT_K8S_NAMESPACE = "default"
+# What kubectl asks for a pod log: the server answers it as plain text, but
+# refuses `Accept: text/plain` alone with 406 (kubernetes/kubernetes#61450).
+LOG_ACCEPT = "application/json, */*"
 Object = dict[str, Any]
 
 
@@ -58,10 +61,11 @@ class KubeApi:
 
     def _request(self, action: str, method: str, path: str, *,
                  query: dict[str, Any] | None = None, body: Any = None,
-                 accept: str = "application/json",
+                 accept: str = "application/json", text: bool = False,
                  timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
                  stream: bool = False) -> Any:
-        """One API call: the decoded JSON (or text) body, or a KubeError saying why not."""
+        """One API call: the decoded JSON body (the text with `text`), or a KubeError
+        saying why not."""
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -77,17 +81,17 @@ class KubeApi:
             if stream and 200 <= response.status <= 299:
                 return response.response  # the urllib3 response, read as it arrives
             response.read()
-            text = response.data.decode("utf-8", "replace")
+            body_text = response.data.decode("utf-8", "replace")
             if not 200 <= response.status <= 299:
-                raise ApiException.from_response(http_resp=response, body=text, data=None)
+                raise ApiException.from_response(http_resp=response, body=body_text, data=None)
         except ApiException as exc:
             raise api_failure(exc, action) from None
         except HTTPError as exc:
             raise transport_failure(exc, self.host, action) from None
-        if accept != "application/json":
-            return text
+        if text:
+            return body_text
         try:
-            return json.loads(text) if text else {}
+            return json.loads(body_text) if body_text else {}
         except ValueError:
             raise KubeError(f"could not {action}: the API at {self.host} answered with "
                             "something that is not JSON (is OCHO_K8S_HOST a Kubernetes API?)"
@@ -100,15 +104,14 @@ class KubeApi:
                               query={"labelSelector": label_selector})
         return list(found.get("items") or [])
 
-    def create_controller(self, manifest: Object) -> Object:
+    def create_controller(self, manifest: Object, *, dry_run: bool = False) -> Object:
+        """POST it; with `dry_run` the server checks and admits it (dryRun=All) but
+        stores nothing, and answers with the object it would have made."""
         name = manifest["metadata"]["name"]
-        return self._request(f"create replication controller {name!r} in namespace "
-                             f"{self.namespace!r}", "POST", self._path("replicationcontrollers"),
-                             body=manifest)
-
-    def read_scale(self, name: str) -> Object:
-        return self._request(f"read the scale of {name!r}", "GET",
-                             self._path("replicationcontrollers", name, "scale"))
+        action = (f"{'check (server-side dry run) ' if dry_run else 'create '}replication "
+                  f"controller {name!r} in namespace {self.namespace!r}")
+        return self._request(action, "POST", self._path("replicationcontrollers"),
+                             body=manifest, query={"dryRun": "All" if dry_run else None})
 
     def replace_scale(self, name: str, replicas: int, resource_version: str | None) -> Object:
         """PUT the scale subresource; the resourceVersion makes a concurrent change a 409."""
@@ -134,10 +137,14 @@ class KubeApi:
 
     def read_log(self, pod: str, tail_lines: int | None = None,
                  since_seconds: int | None = None) -> str:
+        """The pod's log text; "" when it has none yet (the server answers 204)."""
         return self._request(f"read the log of pod {pod!r}", "GET",
                              self._path("pods", pod, "log"),
                              query={"tailLines": tail_lines, "sinceSeconds": since_seconds},
-                             accept="text/plain")
+                             accept=LOG_ACCEPT, text=True)
+
+    def delete_pod(self, name: str) -> Object:
+        return self._request(f"delete pod {name!r}", "DELETE", self._path("pods", name))
 
     def watch_pods(self, label_selector: str, timeout_seconds: int) -> Iterator[tuple[str, Object]]:
         """(event type, pod) as the server reports changes, for at most timeout_seconds."""
@@ -173,12 +180,17 @@ def connect(env: ToolEnvironment, k8s_namespace: str | None = None) -> KubeApi:
     from urllib3.util.retry import Retry
 
     configuration = Configuration()
+    kubeconfig = env.kubeconfig or _home_kubeconfig()
     if env.k8s_host:
         host, context_namespace = _explicit(configuration, env)
+    elif kubeconfig:
+        host, context_namespace = _kubeconfig(configuration, env, kubeconfig)
     elif env.in_cluster:
         host, context_namespace = _in_cluster(configuration, env)
     else:
-        host, context_namespace = _kubeconfig(configuration, env)
+        raise KubeError("no Kubernetes cluster configured: set OCHO_K8S_HOST and "
+                        "OCHO_K8S_TOKEN, or KUBECONFIG, or run the portal in a pod with a "
+                        "service account")
     # A couple of quick retries on connect errors only: a write is never repeated.
     configuration.retries = Retry(total=2, connect=2, read=0, redirect=0, status=0,
                                   backoff_factor=0.2)
@@ -218,19 +230,19 @@ def _in_cluster(configuration: Configuration, env: ToolEnvironment) -> tuple[str
     return configuration.host, namespace or None
 
 
-def _kubeconfig(configuration: Configuration, env: ToolEnvironment) -> tuple[str, str | None]:
-    from kubernetes.config.config_exception import ConfigException
-    from kubernetes.config.kube_config import (
-        KUBE_CONFIG_DEFAULT_LOCATION,
-        list_kube_config_contexts,
-        load_kube_config,
-    )
+def _home_kubeconfig() -> str | None:
+    """~/.kube/config when it exists: kubectl's default, after KUBECONFIG."""
+    from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
 
-    path = env.kubeconfig or os.path.expanduser(KUBE_CONFIG_DEFAULT_LOCATION)
-    if not env.kubeconfig and not os.path.isfile(path):
-        raise KubeError("no Kubernetes cluster configured: set OCHO_K8S_HOST and "
-                        "OCHO_K8S_TOKEN, or KUBECONFIG, or run the portal in a pod with a "
-                        "service account")
+    path = os.path.expanduser(KUBE_CONFIG_DEFAULT_LOCATION)
+    return path if os.path.isfile(path) else None
+
+
+def _kubeconfig(configuration: Configuration, env: ToolEnvironment,
+                path: str) -> tuple[str, str | None]:
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.config.kube_config import list_kube_config_contexts, load_kube_config
+
     try:
         load_kube_config(config_file=path, client_configuration=configuration,
                          persist_config=False)

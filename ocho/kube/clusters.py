@@ -1,7 +1,9 @@
 """Ochopod clusters as the tools see them: controllers and pods found by label.
 
 A cluster (`<namespace>.<cluster>`) is every ReplicationController carrying its
-labels (one per deploy) and the pods those controllers run.
+labels (one per deploy) and the pods those controllers run. A pod with the
+cluster's labels but no controlling owner is an orphan: its controller was
+deleted with the Orphan policy, and nothing will ever remove it but `kill --orphans`.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Pod:
     restarts: int
     started: datetime | None
     deleting: bool
+    orphaned: bool  # no controller owns it any more
     raw: dict[str, Any] = dataclasses.field(repr=False, compare=False)
 
     @property
@@ -118,6 +121,8 @@ class Pod:
             restarts=sum(item.get("restartCount", 0) for item in statuses),
             started=parse_time(status.get("startTime") or meta.get("creationTimestamp")),
             deleting=bool(meta.get("deletionTimestamp")),
+            orphaned=not any(owner.get("controller") for owner in meta.get("ownerReferences")
+                             or []),
             raw=pod,
         )
 
@@ -130,10 +135,12 @@ def _check_matched(patterns: Sequence[ClusterPattern], found: Sequence[tuple[str
                             f"{k8s_namespace!r}")
 
 
-def select_controllers(api: KubeApi, texts: Sequence[str]) -> list[Controller]:
+def select_controllers(api: KubeApi, texts: Sequence[str],
+                       orphans: Sequence[Pod] = ()) -> list[Controller]:
     """Controllers of the clusters the patterns name (all of them if there is none).
 
-    Every pattern given must match something: a typo fails instead of doing nothing.
+    Every pattern given must match a controller, or one of `orphans`: a typo
+    fails instead of doing nothing.
     """
     patterns = parse_patterns(list(texts) or ["*"])
     controllers = [Controller.from_json(rc)
@@ -141,10 +148,20 @@ def select_controllers(api: KubeApi, texts: Sequence[str]) -> list[Controller]:
     chosen = [rc for rc in controllers
               if any(pattern.matches(rc.namespace, rc.cluster) for pattern in patterns)]
     if texts:
-        _check_matched(patterns, [(rc.namespace, rc.cluster) for rc in chosen], "cluster",
-                       api.namespace)
+        found = [(rc.namespace, rc.cluster) for rc in chosen]
+        _check_matched(patterns, found + [(pod.namespace, pod.cluster) for pod in orphans],
+                       "cluster", api.namespace)
     return sorted(chosen, key=lambda rc: (rc.qualified,
                                          rc.created.timestamp() if rc.created else 0.0, rc.name))
+
+
+def select_orphans(api: KubeApi, texts: Sequence[str]) -> list[Pod]:
+    """The orphaned pods of the clusters the patterns name; no pattern need match."""
+    patterns = parse_patterns(list(texts) or ["*"])
+    return sorted((pod for pod in map(Pod.from_json, api.list_pods(common_selector(patterns)))
+                   if pod.orphaned and not pod.deleting
+                   and any(pattern.matches(pod.namespace, pod.cluster) for pattern in patterns)),
+                  key=lambda pod: (pod.qualified, pod.name))
 
 
 def select_pods(api: KubeApi, texts: Sequence[str]) -> list[Pod]:

@@ -9,7 +9,8 @@ are the tools' own interface:
   OCHO_K8S_NAMESPACE                   the Kubernetes namespace to work in
   KUBECONFIG                           a kubeconfig file (or ':'-separated list)
 
-Inside a pod, the service account mounted at SERVICE_ACCOUNT_DIR is used.
+Inside a pod, the service account mounted at SERVICE_ACCOUNT_DIR is used when
+neither OCHO_K8S_HOST nor a kubeconfig is set (kubectl's order).
 """
 
 from __future__ import annotations

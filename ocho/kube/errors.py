@@ -69,11 +69,31 @@ def api_failure(exc: Any, action: str) -> KubeError:
     if causes and not all(cause in message for cause in causes):
         message = f"{message} ({'; '.join(causes)})"
     label = {401: "unauthorized", 403: "forbidden", 404: "not found", 409: "conflict",
-             422: "invalid"}.get(code, reason or "error")
+             413: "too large", 422: "invalid"}.get(code, reason or "error")
     text = f"could not {action}: {code} {label}: {message}"
-    if code in _HINTS:
+    terminating = _terminating_namespace(status, message)
+    if terminating is not None:
+        text = (f"could not {action}: the Kubernetes namespace {terminating!r} is being "
+                "deleted (terminating); wait until it is gone and create it again, or use "
+                "another namespace")
+        reason = "NamespaceTerminating"
+    elif code in _HINTS:
         text += f"; {_HINTS[code]}"
     return KubeError(text, status=code, reason=reason or None)
+
+
+def _terminating_namespace(status: dict[str, Any], message: str) -> str | None:
+    """The namespace's name when the refusal is for a namespace being deleted:
+    a 403 that RBAC has nothing to do with."""
+    details = status.get("details") or {}
+    for cause in (details.get("causes") or []) if isinstance(details, dict) else []:
+        if isinstance(cause, dict) and cause.get("reason") == "NamespaceTerminating":
+            text = str(cause.get("message") or "")
+            return text.split()[1] if text.startswith("namespace ") else "?"
+    marker = " because it is being terminated"
+    if marker in message and " in namespace " in message:
+        return message.split(" in namespace ", 1)[1].split(marker, 1)[0]
+    return None
 
 
 def _causes(status: dict[str, Any]) -> list[str]:

@@ -15,6 +15,11 @@ from ocho.kube import labels
 from ocho.kube.definition import CONTROL_PORT, Definition
 from ocho.kube.names import controller_name, discriminator
 
+# The largest controller deploy sends, as JSON. etcd refuses requests over
+# 1.5 MiB (the API server then answers 500 "etcdserver: request is too large"),
+# and a batch must never fail halfway for it: deploy refuses bigger ones first.
+MAX_CONTROLLER_BYTES = 1024 * 1024
+
 
 def cluster_labels(namespace: str, cluster: str, application: str,
                    job_id: str | None) -> dict[str, str]:
@@ -76,3 +81,17 @@ def build_controller(definition: Definition, *, namespace: str, pods: int,
             },
         },
     }
+
+
+def serialized_size(manifest: dict[str, Any]) -> int:
+    return len(json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def size_problem(manifest: dict[str, Any]) -> str | None:
+    """Why this controller is too large to deploy, or None."""
+    size = serialized_size(manifest)
+    if size <= MAX_CONTROLLER_BYTES:
+        return None
+    return (f"its ReplicationController would be {size / 1024:.0f} KiB as JSON, over deploy's "
+            f"limit of {MAX_CONTROLLER_BYTES // 1024} KiB per controller (Kubernetes' etcd "
+            "refuses objects over 1.5 MiB); make its `settings`, `env` or overrides smaller")

@@ -1,5 +1,10 @@
 """KubeEmulator: a small Kubernetes API server for tests, on 127.0.0.1.
 
+The tool tests run against a real control plane (tests.kube.real); this stays
+for what one without a kubelet cannot show (running pods, ready counts, log
+content, node-side log errors) and for injected faults. tests/test_tool_emulator
+holds its answers to the real server's.
+
     with KubeEmulator() as kube:
         kube.url, kube.token          # what a client needs
         kube.get("/api/v1/namespaces/default/pods")   # a test's own HTTP look

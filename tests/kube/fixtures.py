@@ -2,9 +2,14 @@
 
     pytest_plugins = ["tests.kube.fixtures"]
 
-`kube_emulator` is a fresh API emulator per test. `job_dir` is what the worker
-makes for a job: an empty temp dir. `run_tool("grep", "zoo*", files=...)` runs a
-tool there against the emulator, as the worker would (see tests.kube.toolrun).
+`real_kube` is the real control plane of scripts/kube-up, for the whole session
+(started or reused; built when missing). `kube` is one test's own namespace on
+it. `run_tool("grep", "zoo*", files=...)` runs a tool in a fresh job dir
+against that namespace, as the worker would (see tests.kube.toolrun).
+
+`kube_emulator` / `run_emulated` are the API emulator, kept only for what a
+control plane without a kubelet cannot show: running pods, ready counts, log
+content, node-side log errors. A test that uses them says why.
 """
 
 from __future__ import annotations
@@ -15,7 +20,29 @@ from pathlib import Path
 import pytest
 
 from tests.kube.emulator import KubeEmulator
+from tests.kube.real import KubeNamespace, RealKube, Unavailable, build_requested
 from tests.kube.toolrun import ToolResult, run_tool_in, tool_env
+
+ToolRunner = Callable[..., ToolResult]
+
+
+@pytest.fixture(scope="session")
+def real_kube() -> RealKube:
+    if not build_requested():
+        pytest.skip("OCHO_KUBE=skip: the real Kubernetes control plane is not used")
+    try:
+        return RealKube.start()
+    except Unavailable as exc:
+        pytest.skip(f"no real Kubernetes control plane: {exc}")
+
+
+@pytest.fixture
+def kube(real_kube: RealKube) -> Iterator[KubeNamespace]:
+    namespace = KubeNamespace(real_kube).create()
+    try:
+        yield namespace
+    finally:
+        namespace.delete()
 
 
 @pytest.fixture
@@ -32,8 +59,23 @@ def job_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run_tool(job_dir: Path, kube_emulator: KubeEmulator) -> Callable[..., ToolResult]:
-    """run_tool("grep", "zoo*", job_id=..., files={...}): a tool against the emulator."""
+def run_tool(job_dir: Path, kube: KubeNamespace) -> ToolRunner:
+    """run_tool("grep", "zoo*", job_id=..., files={...}, token=...): a tool against
+    the test's namespace on the real control plane (admin token unless `token`)."""
+
+    def run(tool: str, *args: str, files: dict[str, str | bytes] | None = None,
+            job_id: str | None = None, attempt: int = 1, token: str | None = None,
+            **extra: str) -> ToolResult:
+        env = tool_env(job_dir, job_id=job_id, attempt=attempt,
+                       **{**kube.tool_env(token), **extra})
+        return run_tool_in(job_dir, tool, *args, env=env, files=files)
+
+    return run
+
+
+@pytest.fixture
+def run_emulated(job_dir: Path, kube_emulator: KubeEmulator) -> ToolRunner:
+    """run_emulated("grep", "zoo*", ...): a tool against the emulator."""
 
     def run(tool: str, *args: str, files: dict[str, str | bytes] | None = None,
             job_id: str | None = None, attempt: int = 1, **extra: str) -> ToolResult:

@@ -411,6 +411,13 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(422, "Invalid",
                            validation.message("ReplicationController", name, causes),
                            {"name": name, "kind": "ReplicationController", "causes": causes})
+        dry_run = self.query.get("dryRun")
+        if dry_run not in (None, "All"):  # as the API server's ValidateCreateOptions
+            raise ApiError(422, "Invalid", f'CreateOptions.meta.k8s.io "" is invalid: dryRun: '
+                           f'Unsupported value: []string{{"{dry_run}"}}: supported values: "All"',
+                           {"group": "meta.k8s.io", "kind": "CreateOptions", "causes": [
+                               {"reason": "FieldValueNotSupported", "field": "dryRun",
+                                "message": 'Unsupported value: ... supported values: "All"'}]})
         with store.lock:
             if store.get("namespaces", "", namespace) is None:
                 raise not_found("namespaces", namespace)

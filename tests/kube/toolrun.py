@@ -1,7 +1,9 @@
 """Running tools the way the worker does, for the tool tests.
 
 `run_tool_in` copies the tool script into a job dir (with the user's files),
-and runs it there with the venv's python and only the allow-listed environment.
+and runs it there as the worker's runner does: its interpreter flags (`-P -S`,
+so an uploaded yaml.py is never imported), its import path, and only the
+allow-listed environment.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
+from ocho.worker.runner import tool_import_path, tool_interpreter
 from tests.kube.emulator import KubeEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,7 @@ def tool_env(job_dir: Path, emulator: KubeEmulator | None = None, *,
         "HOME": str(job_dir),
         "TMPDIR": str(job_dir),
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": tool_import_path(),
     }
     if emulator is not None:
         env.update(OCHO_K8S_HOST=emulator.url, OCHO_K8S_TOKEN=emulator.token)
@@ -54,7 +57,7 @@ def run_tool_in(job_dir: Path, tool: str, *args: str, env: dict[str, str],
     for name, content in (files or {}).items():
         data = content.encode() if isinstance(content, str) else content
         (job_dir / name).write_bytes(data)
-    completed = subprocess.run([sys.executable, f"{tool}.py", *args], cwd=job_dir, env=env,
+    completed = subprocess.run([*tool_interpreter(), f"{tool}.py", *args], cwd=job_dir, env=env,
                                capture_output=True, text=True, timeout=timeout, check=False)
     return ToolResult(completed.returncode, completed.stdout, completed.stderr)
 
