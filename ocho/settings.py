@@ -55,6 +55,8 @@ class Settings:
     tool_file_bytes: int = 256 * 1024**2
     tool_open_files: int = 1024
     tool_max_processes: int = 128
+    # warm: Python tools are forked from the worker's tool zygote; cold: a new interpreter.
+    tool_start: str = "warm"
     gateway_threads: int = 16
     tokens: tuple[str, ...] = ()
     # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.
@@ -104,6 +106,8 @@ class Settings:
             )
         if self.output_cap < 1024:
             raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
+        if self.tool_start not in ("warm", "cold"):
+            raise SettingsError(f"OCHO_TOOL_START must be warm or cold, not {self.tool_start!r}")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
 
