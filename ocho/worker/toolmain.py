@@ -113,6 +113,7 @@ def _main_module(script: str) -> types.ModuleType:
     main.__file__ = script
     main.__cached__ = None  # type: ignore[attr-defined]
     main.__builtins__ = builtins  # type: ignore[attr-defined]
+    main.__annotations__ = {}
     main.__loader__ = SourceFileLoader("__main__", script)
     sys.modules["__main__"] = main
     return main
