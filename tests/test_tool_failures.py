@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra import wait_for
+from tests.infra import BOTH_STARTS, wait_for
 from tests.kube.emulator import FORBIDDEN_TOKEN, KubeEmulator
 from tests.kube.toolrun import ToolResult, definition_text, run_tool_in, tool_env
 
 pytest_plugins = ["tests.kube.fixtures"]
+pytestmark = [pytest.mark.usefixtures("both_starts"), BOTH_STARTS]
 
 ZOOKEEPER = {"zookeeper.yml": definition_text("zookeeper.yml")}
 TOOL_ARGS = {

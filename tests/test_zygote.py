@@ -204,3 +204,50 @@ def test_a_zygote_that_does_not_answer_means_a_cold_start(tools: Path, warm: zyg
             os.kill(pid, signal.SIGCONT)
     assert outcome.state == "succeeded"
     assert warm.wait_ready(60) and warm.pid != pid
+
+
+def _gone(pid: int) -> bool:
+    """Dead, or a zombie nobody waited for yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fresh_amqp_url: str,
+                                                           tools_dir: Path):
+    """Through a real worker: a warm tool is in its job's pids cgroup with its
+    rlimits; the zygote never saw the worker's secrets; a SIGKILLed worker
+    leaves neither tool nor zygote behind."""
+    from ocho.client import Client
+    from tests.infra import Stack, processes_in_group
+
+    shutil.copytree(TOOLS, tools_dir, dirs_exist_ok=True)
+    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, tool_start="warm",
+                  tokens="a-secret-token", tool_memory_bytes=1024**3)
+    try:
+        worker = stack.start_worker(concurrency=1)
+        zygote_pid = int(re.search(r"tool zygote (\d+) ready", stack.read_log("worker0.log"))[1])
+        environ = Path(f"/proc/{zygote_pid}/environ").read_bytes().decode()
+        assert "OCHO_AMQP_URL" not in environ and "a-secret-token" not in environ
+        with Client(fresh_amqp_url) as client:
+            result = client.wait(client.submit("introspect", files={"yaml.py": b"boom(\n"}),
+                                 timeout=60)
+            assert result.state == "succeeded", result.output
+            seen = json.loads(result.output)
+            assert f"ocho-worker-{worker.pid}/job-{result.id}" in seen["cgroup"][0]
+            assert seen["limits"]["RLIMIT_AS"] == [1024**3, 1024**3]
+            assert seen["ppid"] == worker.pid and not seen["yaml_from_job_dir"]
+            job_id = client.submit("sleep", ["60", "2"])
+            output = ""
+            for event in client.events(job_id, timeout=60):
+                output += event.get("data", "") if event["type"] == "output" else ""
+                if "pgid=" in output:
+                    break
+        group = int(re.search(r"pgid=(\d+)", output)[1])
+        worker.kill()
+        worker.wait()
+        wait_for(lambda: not processes_in_group(group), timeout=5, what="the tool's group to die")
+        wait_for(lambda: _gone(zygote_pid), timeout=5, what="the zygote to die with its worker")
+    finally:
+        stack.stop()
