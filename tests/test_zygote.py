@@ -3,7 +3,7 @@ sees and does is the same, whichever way it started; and the zygote's own
 failures never fail a job.
 
 The runner is driven in-process here, so this test process is the "worker":
-it becomes a child subreaper while the module's zygote lives.
+it becomes a child subreaper.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def warm(tools: Path) -> Iterator[zygote.Zygote]:
     handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)))
     assert handle.wait_ready(60), "the zygote never became ready"
     yield handle
-    handle.close()
-    zygote.prctl(zygote.PR_SET_CHILD_SUBREAPER, 0)
+    handle.close()  # the process stays a subreaper: tests/kube/toolrun.py's zygote may need it
 
 
 def run(tools: Path, handle: zygote.Zygote | None, tool: str, *args: str,
