@@ -28,7 +28,7 @@ PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 CELERY_VENV = BENCH / ".venv-celery"
 CELERY_REQUIREMENT = "celery>=5.4,<6"
 SYSTEMS = ("raw-popen", "raw-fork", "raw-runner", "ocho-amqp", "ocho-amqp-cold", "ocho-http",
-           "ocho-http-cold", "celery")
+           "ocho-http-cold", "celery", "tool-ls")
 FLOOR = "raw-popen"
 
 # Checked against the floor measured in the same run: issue 15's for warm starts,
@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "system the repetition with the median ratio to the floor measured "
                         "just before it (1; the README's tables use 3): the machine's speed "
                         "drifts over minutes")
+    parser.add_argument("--kubeconfig", help="tool-ls: the API server to list from (default: "
+                        "the tool tests' emulator, which kubectl may not talk to)")
     parser.add_argument("--quick", action="store_true", help="fewer jobs: under 2 minutes")
     parser.add_argument("--only", default=",".join(SYSTEMS),
                         help=f"comma-separated subset of {', '.join(SYSTEMS)}")
@@ -132,6 +134,10 @@ def measure(system: str, cfg: argparse.Namespace) -> dict[str, Any]:
         import raw
 
         return raw.measure(cfg, system.removeprefix("raw-"))
+    if system == "tool-ls":
+        import tool_latency
+
+        return tool_latency.measure(cfg)
     start = "cold" if system.endswith("-cold") else "warm"
     if system.startswith("ocho-amqp"):
         import ocho_amqp
@@ -145,7 +151,7 @@ def measure(system: str, cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 def compare(record: dict[str, Any], floor: dict[str, Any] | None) -> None:
-    if floor is None or record is floor:
+    if floor is None or record is floor or "noop" not in record:
         return
     noop, base = record["noop"], floor["noop"]
     record["vs_raw"] = {
@@ -160,6 +166,8 @@ def median_run(measured: list[dict[str, Any]]) -> dict[str, Any]:
     """Of one system's repetitions, the one with the median throughput ratio (the
     floor: median jobs/s), carrying every repetition's ratio for the record."""
     def key(record: dict[str, Any]) -> float:
+        if "noop" not in record:  # tool-ls: by its warm p50
+            return float(record["ls_warm"]["p50_ms"])
         return float(record["vs_raw"]["throughput"] if "vs_raw" in record
                      else record["noop"]["jobs_per_s"])
 
@@ -179,7 +187,7 @@ def table(records: list[dict[str, Any]]) -> str:
     header = ("system", "jobs/s", "×raw", "p50 ms", "+raw", "p99 ms", "10MB MB/s",
               "RSS/PSS idle", "RSS/PSS after", "cpu ms/job w/g/b")
     rows = [header]
-    for r in records:
+    for r in (r for r in records if "noop" in r):
         noop, vs = r["noop"], r.get("vs_raw", {})
         cpu = noop.get("cpu_ms_per_job", {})
         rows.append((
@@ -231,6 +239,10 @@ def verdicts(records: dict[str, dict[str, Any]], workers: int) -> list[str]:
             lines.append(f"{system} idle worker: RSS {rss:.0f} MB (PSS {pss:.0f} MB) per worker "
                          f"incl. its reaper and tool zygote (target ≤ {TARGET_IDLE_RSS_MB:g} "
                          f"RSS) {_ok(rss <= TARGET_IDLE_RSS_MB)}")
+    if "tool-ls" in records:
+        import tool_latency
+
+        lines.append(tool_latency.verdict(records["tool-ls"]))
     return lines
 
 
