@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     records = {system: median_run(measured) for system, measured in runs.items()}
     print()
-    print(table(list(records.values())))
+    if any("noop" in record for record in records.values()):
+        print(table(list(records.values())))
     print()
     for line in verdicts(records, cfg.workers):
         print(line)

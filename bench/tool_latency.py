@@ -62,7 +62,8 @@ def _kubectl(cfg: Any, flags: list[str]) -> dict[str, Any]:
     command = [kubectl, *flags, "get", "rc", "-A"]
     probe = subprocess.run(command, capture_output=True, text=True, check=False)
     if probe.returncode != 0:
-        return {"skipped": f"kubectl failed: {probe.stderr.strip()[:200]}"}
+        first = (probe.stderr.strip().splitlines() or ["no output"])[0]
+        return {"skipped": f"kubectl failed: {first[:200]}"}
     return latency(lambda: subprocess.run(command, capture_output=True, check=True), cfg.seq)
 
 
