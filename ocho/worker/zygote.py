@@ -14,13 +14,15 @@ worker therefore keeps one zygote process:
   (PR_SET_CHILD_SUBREAPER): the tool's parent is the worker, as with Popen,
   and the worker waits for it and reads its exit status with waitpid, as with
   Popen. A zygote that dies does not touch the tools it already forked.
-- the tool process starts its own session, waits until the worker has adopted
-  it, reads its request (script, argv, cwd, environment) from the job socket,
-  chdirs, and reports its pid; it then waits, blocked, until the worker has
-  applied its rlimits and put it in the job's cgroup (the same calls as for a
-  Popen'ed tool), and the worker says "go". Only then does it take /dev/null
-  and the pipes as fds 0-2, close every other fd, replace its environment and
-  run the script (see toolmain). If the worker goes away before "go", it exits.
+- the tool process starts its own session, reads its request (script, argv,
+  cwd, environment) from the job socket, chdirs, and reports its pid; it then
+  waits, blocked, until the worker has applied its rlimits and put it in the
+  job's cgroup (the same calls as for a Popen'ed tool), and the worker says
+  "go"; and until the worker has adopted it (the middle process exits in the
+  meantime; until then the worker's waitpid finds no child and it waits on).
+  Only then does it take /dev/null and the pipes as fds 0-2, close every other
+  fd, replace its environment and run the script (see toolmain). If the worker
+  goes away before "go", it exits.
 - the zygote has PR_SET_PDEATHSIG and exits when its control socket closes:
   it never outlives the worker. Tools in flight are the worker's: its reaper
   kills their groups if the worker is SIGKILLed.
@@ -98,6 +100,7 @@ class WarmProcess:
         self.stdout = os.fdopen(stdout, "rb", buffering=0)
         self.stderr = os.fdopen(stderr, "rb", buffering=0)
         self._socket: socket.socket | None = job_socket
+        self._spawned_at = time.monotonic()
 
     def release(self) -> None:
         """Let the tool run: its limits and cgroup are in place."""
@@ -124,18 +127,23 @@ class WarmProcess:
         return code
 
     def _wait(self, flags: int) -> int | None:
-        if self.returncode is not None:
-            return self.returncode
-        try:
-            pid, status = os.waitpid(self.pid, flags)
-        except ChildProcessError:
-            # Not ours (never adopted): nothing to read its status from.
-            self.returncode = -signal.SIGKILL
-            return self.returncode
-        if pid == 0:
-            return None
-        self.returncode = os.waitstatus_to_exitcode(status)
-        self.release()  # never blocks anything now; closes the socket
+        while self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:
+                # Its middle process may not have exited yet: the worker adopts it then.
+                late = time.monotonic() > self._spawned_at + ADOPTION_TIMEOUT_S
+                if late or not _exists(self.pid):
+                    self.returncode = -signal.SIGKILL  # not ours: no status to read
+                elif flags & os.WNOHANG:
+                    return None
+                else:
+                    time.sleep(0.001)
+                continue
+            if pid == 0:
+                return None
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.release()  # never blocks anything now; closes the socket
         return self.returncode
 
     def discard(self) -> None:
@@ -312,6 +320,10 @@ def _wait_ready(control: socket.socket, process: subprocess.Popen[bytes]) -> boo
     return False
 
 
+def _exists(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
 def _describe_status(code: int | None) -> str:
     if code is not None and code < 0:
         return f"killed by {signal.Signals(-code).name}"
@@ -387,7 +399,6 @@ def _become_tool(fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
     os.setsid()
     job = socket.socket(fileno=fds[0])
     try:
-        _wait_adopted(worker_pid)
         request = json.loads(_read_line(job) or b"null")
         os.chdir(request["cwd"])
     except Exception as exc:  # noqa: BLE001 - told to the worker, which starts it cold
@@ -403,6 +414,11 @@ def _become_tool(fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
     if go != GO:
         os._exit(0)  # the worker gave up on this start: run nothing
     job.close()
+    # Meanwhile the middle process exited: the worker is (about to be) the parent.
+    try:
+        _wait_adopted(worker_pid)
+    except RuntimeError:
+        os._exit(127)
     _take_stdio(fds[1], fds[2])
     os.environ.clear()
     os.environ.update(request["env"])
