@@ -356,7 +356,7 @@ def start_tool(settings: Settings, job: Job, workdir: str, script_name: str,
     env = tool_environment(settings, job, workdir)
     argv = [script_name, *job.args]
     if settings.tool_start == "warm" and zygote is not None and script_name.endswith(".py"):
-        warm = zygote.spawn(os.path.join(workdir, script_name), argv, workdir, env)
+        warm = zygote.spawn(os.path.join(workdir, script_name), argv, workdir, env, job.id)
         if warm is not None:
             return warm
     return subprocess.Popen(

@@ -188,8 +188,8 @@ class Zygote:
         return self._ready.wait(timeout)
 
     # -- per job -------------------------------------------------------------------------
-    def spawn(self, script: str, argv: list[str], cwd: str,
-              env: Mapping[str, str]) -> WarmProcess | None:
+    def spawn(self, script: str, argv: list[str], cwd: str, env: Mapping[str, str],
+              job_id: str = "-") -> WarmProcess | None:
         """A tool process, blocked until `release()`; None: start this job cold."""
         if not self._ready.is_set():
             return None
@@ -200,7 +200,7 @@ class Zygote:
             pid = self._ask(mine, theirs, [out_w, err_w],
                             {"script": script, "argv": argv, "cwd": cwd, "env": dict(env)})
         except SpawnFailed as exc:
-            log.warning("warm start failed (%s); starting cold", exc)
+            log.warning("job %s: warm start failed (%s); starting cold", job_id, exc)
             mine.close()
             os.close(out_r)
             os.close(err_r)
