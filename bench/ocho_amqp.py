@@ -12,9 +12,10 @@ from ocho_stack import OchoStack
 from ocho.client import Client
 
 
-def measure(cfg: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {"system": "ocho-amqp", "slots": cfg.slots}
-    stack = OchoStack(cfg.workers, cfg.concurrency)
+def measure(cfg: Any, tool_start: str = "warm") -> dict[str, Any]:
+    system = "ocho-amqp" if tool_start == "warm" else "ocho-amqp-cold"
+    record: dict[str, Any] = {"system": system, "tool_start": tool_start, "slots": cfg.slots}
+    stack = OchoStack(cfg.workers, cfg.concurrency, tool_start=tool_start)
     try:
         stack.start()
         record["worker_memory_idle"] = stack.worker_memory()

@@ -92,10 +92,11 @@ class HttpClient:
         raise RuntimeError(f"job {job_id}: output not read in 120 s")
 
 
-def measure(cfg: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {"system": "ocho-http", "slots": cfg.slots,
+def measure(cfg: Any, tool_start: str = "warm") -> dict[str, Any]:
+    system = "ocho-http" if tool_start == "warm" else "ocho-http-cold"
+    record: dict[str, Any] = {"system": system, "tool_start": tool_start, "slots": cfg.slots,
                               "client_threads": cfg.http_threads}
-    stack = OchoStack(cfg.workers, cfg.concurrency)
+    stack = OchoStack(cfg.workers, cfg.concurrency, tool_start=tool_start)
     try:
         stack.start()
         record["worker_memory_idle"] = stack.worker_memory()

@@ -67,6 +67,10 @@ class OchoStack:
                      or proc.poll() is not None, 30, f"{log}: consuming")
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.processes.log(log)[-2000:]}")
+            if self.env.get("OCHO_TOOL_START", "warm") == "warm":
+                # Until its zygote is ready a worker starts tools cold.
+                wait_for(lambda log=log: " ready in " in self.processes.log(log), 120,
+                         f"{log}: tool zygote ready")
             self.worker_pids.append(proc.pid)
         return self
 
@@ -80,7 +84,7 @@ class OchoStack:
             return False
 
     def worker_memory(self) -> dict[str, float]:
-        """The workers and their reapers (forked at start), summed."""
+        """The workers, their reapers and tool zygotes, summed."""
         return tree_memory_mb(self.worker_pids)
 
     def gateway_memory(self) -> dict[str, float]:

@@ -63,6 +63,8 @@ class Settings:
     tool_file_bytes: int = 256 * 1024**2
     tool_open_files: int = 1024
     tool_max_processes: int = 128
+    # warm: Python tools are forked from the worker's tool zygote; cold: a new interpreter.
+    tool_start: str = "warm"
     gateway_threads: int = 16
     tokens: tuple[str, ...] = ()
     # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.
@@ -143,6 +145,8 @@ class Settings:
             raise SettingsError("OCHO_MAX_CONNECTIONS must be at least 10")
         if self.header_timeout <= 0:
             raise SettingsError("OCHO_HEADER_TIMEOUT must be a positive number of seconds")
+        if self.tool_start not in ("warm", "cold"):
+            raise SettingsError(f"OCHO_TOOL_START must be warm or cold, not {self.tool_start!r}")
         if ":" not in self.bind:
             raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
         if self.log_format.lower() not in LOG_FORMATS:

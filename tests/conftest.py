@@ -36,3 +36,10 @@ def pg_url() -> Iterator[str]:
 def tools_dir(tmp_path: Path) -> Path:
     """The shipped tools and the test tools, copied so that a test may add its own."""
     return infra.clone_tools_dir(tmp_path / "tools")
+
+
+@pytest.fixture
+def tool_start(request: pytest.FixtureRequest) -> str:
+    """OCHO_TOOL_START for a test's stack: warm (the default), or each way in
+    turn for a test marked with infra.BOTH_STARTS."""
+    return getattr(request, "param", "warm")

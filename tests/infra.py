@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# A test (or, as pytestmark, a module) whose tools run warm, then cold; its
+# stack takes the `tool_start` fixture.
+BOTH_STARTS = pytest.mark.parametrize("tool_start", ["warm", "cold"], indirect=True)
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
@@ -131,6 +137,10 @@ class Stack:
                  timeout=30, what="worker to start consuming")
         if proc.poll() is not None:
             raise AssertionError(f"worker exited: {log.read_text(errors='replace')}")
+        if worker_env.get("OCHO_TOOL_START") == "warm":
+            # Jobs before the zygote is ready start cold: a warm test must not.
+            wait_for(lambda: "tool zygote" in (text := log.read_text(errors="replace"))
+                     and " ready in " in text, timeout=60, what="the worker's tool zygote")
         return proc
 
     def read_log(self, name: str) -> str:

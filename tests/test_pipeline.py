@@ -14,14 +14,20 @@ import requests
 from tests.infra import Stack, processes_in_group, wait_for
 
 
+@pytest.fixture(scope="module", params=["warm", "cold"])
+def tool_start(request: pytest.FixtureRequest) -> str:
+    """Every test on the module's stack runs with each way tools start."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str):
+def stack(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, tool_start: str):
     workdir = tmp_path_factory.mktemp("pipeline")
     tools = workdir / "tools"
     from tests.infra import clone_tools_dir
 
     clone_tools_dir(tools)
-    stack = Stack(workdir, amqp_url, tools_dir=tools, kill_grace=1)
+    stack = Stack(workdir, amqp_url, tools_dir=tools, kill_grace=1, tool_start=tool_start)
     stack.start_gateway()
     stack.start_worker(concurrency=2)
     stack.start_worker(concurrency=2)

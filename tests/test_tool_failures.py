@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from tests.infra import BOTH_STARTS
 from tests.kube.emulator import KubeEmulator
 from tests.kube.real import KubeNamespace, RealKube
 from tests.kube.toolrun import ToolResult, definition_text, run_tool_in, tool_env
 
 pytest_plugins = ["tests.kube.fixtures"]
+pytestmark = [pytest.mark.usefixtures("both_starts"), BOTH_STARTS]
 
 READ_ONLY = [{"apiGroups": [""], "resources": ["replicationcontrollers", "pods"],
               "verbs": ["get", "list", "watch"]}]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from tests.infra import wait_for
+import pytest
+
+from tests.infra import BOTH_STARTS, wait_for
 from tests.kube.emulator import KubeEmulator
 from tests.kube.real import KubeNamespace
 from tests.kube.toolrun import definition_text
 
 pytest_plugins = ["tests.kube.fixtures"]
+pytestmark = [pytest.mark.usefixtures("both_starts"), BOTH_STARTS]
 
 DEFINITION_FILES = ("zookeeper.yml", "kafka.yml", "redis.yml")
 JOB = "0b9a3c1e-7d2f-4e8a-9b6c-5d4e3f2a1b0c"

@@ -13,12 +13,13 @@ import pika
 import pytest
 
 from ocho.client import Client
-from tests.infra import Stack, processes_in_group, wait_for
+from tests.infra import BOTH_STARTS, Stack, processes_in_group, wait_for
 
 
 @pytest.fixture
-def stack(tmp_path: Path, fresh_amqp_url: str, tools_dir: Path):
-    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, kill_grace=1)
+def stack(tmp_path: Path, fresh_amqp_url: str, tools_dir: Path, tool_start: str):
+    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, kill_grace=1,
+                  tool_start=tool_start)
     yield stack
     stack.stop()
 
@@ -57,6 +58,7 @@ def test_non_zero_exit_fails_with_its_code(stack: Stack, client: Client):
     assert "bad things" in result.output
 
 
+@BOTH_STARTS
 def test_timeout_kills_the_whole_process_group(stack: Stack, client: Client):
     stack.start_worker()
     result = client.wait(client.submit("sleep", ["60", "2"], timeout=1), timeout=30)
@@ -126,6 +128,7 @@ def test_malformed_message_is_dead_lettered_and_next_job_runs(stack: Stack, clie
     connection.close()
 
 
+@BOTH_STARTS
 def test_cancel_kills_a_running_job_within_two_seconds(stack: Stack, client: Client):
     stack.start_worker()
     job_id = client.submit("sleep", ["60", "1"])
@@ -154,6 +157,7 @@ def test_cancelled_before_it_runs_never_runs(stack: Stack, client: Client):
     assert not [e for e in result.events if e["type"] == "started"]
 
 
+@BOTH_STARTS
 def test_killed_worker_job_is_redelivered_as_attempt_two(stack: Stack, client: Client):
     first = stack.start_worker(concurrency=1)
     job_id = client.submit("sleep", ["2", "1"])
@@ -192,11 +196,12 @@ def _get(channel, queue: str):
     return (method, properties, body) if method else None
 
 
+@BOTH_STARTS
 @pytest.mark.parametrize("kind", ["memory", "fork"])
 def test_runaway_tool_is_stopped_by_its_limits(tmp_path: Path, fresh_amqp_url: str,
-                                               tools_dir: Path, kind: str):
+                                               tools_dir: Path, kind: str, tool_start: str):
     stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir,
-                  tool_memory_bytes=512 * 1024**2, tool_max_processes=32)
+                  tool_memory_bytes=512 * 1024**2, tool_max_processes=32, tool_start=tool_start)
     try:
         stack.start_worker()
         with Client(fresh_amqp_url) as client:

@@ -122,6 +122,7 @@ class Worker:
         # Forked first, while this process has a single thread.
         self.reaper = Reaper()
         self.process_counter = ProcessCounter(settings, str(os.getpid()))
+        self.zygote = runner.start_zygote(settings)  # warm tool starts; None when cold
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="job")
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -166,6 +167,8 @@ class Worker:
             if not self.stopping.is_set():
                 backoff.wait(self.stopping)
         self.pool.shutdown(wait=True)
+        if self.zygote is not None:
+            self.zygote.close()
         self.reaper.close()
         self.process_counter.close()
         log.info("worker %s stopped", self.name)
@@ -510,7 +513,8 @@ class Worker:
                                      "attempt": job.attempt, "worker": self.name,
                                      "ts": started_ts})
 
-        return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running)
+        return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running,
+                              zygote=self.zygote)
 
     def _read(self, delivery: Delivery, body: bytes) -> runner.Job | None:
         """The job a delivery asks for; InvalidRequest naming what is wrong, or None

@@ -92,6 +92,8 @@ class ProcessCounter:
             group.mkdir(exist_ok=True)
             (group / "pids.max").write_text(str(self.max_processes))
             (group / "cgroup.procs").write_text(str(pid))
+        except ProcessLookupError:
+            pass  # the tool is already gone
         except OSError as exc:
             log.warning("job %s: could not limit its process count: %s", job_id, exc)
 

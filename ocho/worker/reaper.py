@@ -5,6 +5,12 @@ children would not even notice a parent-death signal. So the worker forks
 this reaper once at start (before any thread exists), tells it through a pipe
 which process groups are live, and when the pipe reaches end-of-file because
 the worker is gone, the reaper kills every group it still knows about.
+
+A worker that starts tools warm is a child subreaper (see zygote.py): what a
+tool leaves behind is orphaned to the worker, not to init. `reap_orphans`
+waits for those once they are zombies. It never touches a session leader:
+every process the worker waits for itself (tools, Popen'ed or warm, and the
+zygote) leads a session of its own; orphans of a tool are in the tool's.
 """
 
 from __future__ import annotations
@@ -43,7 +49,48 @@ class Reaper:
     def close(self) -> None:
         """Normal shutdown: end-of-file makes the reaper sweep and exit."""
         os.close(self._pipe)
-        os.waitpid(self.pid, 0)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass  # already reaped as an orphan would be
+
+
+def reap_orphans() -> int:
+    """Wait for this process's zombie children that lead no session; returns how many."""
+    reaped = 0
+    for pid in _children():
+        if _is_orphan_zombie(pid):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    reaped += 1
+            except ChildProcessError:
+                pass
+    return reaped
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as handle:
+                pids.extend(int(pid) for pid in handle.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _is_orphan_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    # After the name: state, ppid, pgrp, session.
+    return fields[0] == "Z" and int(fields[3]) != pid
 
 
 def _reap(read_end: int) -> None:

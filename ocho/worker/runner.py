@@ -1,8 +1,15 @@
-"""One job run: temp dir → Popen → stream output → outcome.
+"""One job run: temp dir → start the tool → stream output → outcome.
 
 Knows nothing of AMQP: output goes to an `emit` callback and cancellation
 comes in through a threading.Event, so the runner can be measured and tested
 on its own (the benchmark's "raw" baseline is this same code path).
+
+A tool starts warm (forked by the worker's tool zygote, see zygote.py) when
+OCHO_TOOL_START=warm, the Control carries a zygote and the tool is a Python
+script; otherwise, or whenever the zygote cannot, it starts cold (Popen of a
+new interpreter). Either way the same calls follow before any tool code runs
+in a warm start (rlimits, on_spawn: reaper and cgroup), the worker waits for
+the same pid, and kills the same process group.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import Any
 
 from ocho import message
 from ocho.settings import Settings
-from ocho.worker import limits
+from ocho.worker import limits, reaper
+from ocho.worker.zygote import WarmProcess, Zygote
 
 # Sizes of one read from a pipe and of one `output` event.
 READ_SIZE = 65536
@@ -79,6 +87,8 @@ class Control:
     on_running: Callable[[float], None] | None = None
     # Called with the outcome of a job that ran, before its directory is removed.
     on_outcome: Callable[[Outcome], None] | None = None
+    # The worker's tool zygote, for warm starts (OCHO_TOOL_START=warm).
+    zygote: Zygote | None = None
 
 
 class OutputSink:
@@ -203,6 +213,20 @@ def tool_environment(settings: Settings, job: Job, workdir: str) -> dict[str, st
     return env
 
 
+def zygote_environment(settings: Settings) -> dict[str, str]:
+    """The tools' allow-list without what belongs to one job (the zygote sets
+    HOME and TMPDIR to a directory of its own)."""
+    env = tool_environment(settings, Job("", "", [], {}, 0), "")
+    for name in ("HOME", "TMPDIR", "OCHO_JOB_ID", "OCHO_ATTEMPT"):
+        env.pop(name)
+    return env
+
+
+def start_zygote(settings: Settings) -> Zygote | None:
+    """The worker's tool zygote when tools start warm (OCHO_TOOL_START)."""
+    return Zygote(zygote_environment(settings)) if settings.tool_start == "warm" else None
+
+
 def prepare_workdir(settings: Settings, job: Job, script: Path) -> str:
     workdir = tempfile.mkdtemp(prefix=f"ocho-{job.id[:8]}-")  # mode 0700
     try:
@@ -228,7 +252,10 @@ def kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+Process = subprocess.Popen[bytes] | WarmProcess
+
+
+def terminate_group(proc: Process, grace: float) -> None:
     """SIGTERM the whole group, give it `grace` seconds, then SIGKILL it."""
     kill_group(proc.pid, signal.SIGTERM)
     try:
@@ -260,6 +287,8 @@ def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None
         if control.on_exit:
             for pid in spawned:
                 control.on_exit(pid)
+        if control.zygote is not None and control.zygote.adopting:
+            reaper.reap_orphans()  # what the tool left behind was adopted by the worker
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -290,16 +319,7 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
 
     sink = OutputSink(emit_running, settings.output_cap, flush_seconds)
     try:
-        proc = subprocess.Popen(
-            [*tool_interpreter(), script_name, *job.args],
-            cwd=workdir,
-            env=tool_environment(settings, job, workdir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = start_tool(settings, job, workdir, script_name, control.zygote)
     except OSError as exc:
         return Outcome(message.FAILED, None, _ms(started), False, 0,
                        reason=f"could not start the tool: {exc.strerror}")
@@ -307,6 +327,8 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
     spawned.append(proc.pid)
     if control.on_spawn:
         control.on_spawn(proc.pid)
+    if isinstance(proc, WarmProcess):
+        proc.release()  # limits and cgroup are in place: the tool may run now
     try:
         state, reason = _stream(settings, job, proc, sink, control, announce)
     finally:
@@ -328,7 +350,28 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
                    tail, announce.started_ts)
 
 
-def _stream(settings: Settings, job: Job, proc: subprocess.Popen[bytes], sink: OutputSink,
+def start_tool(settings: Settings, job: Job, workdir: str, script_name: str,
+               zygote: Zygote | None) -> Process:
+    """Warm when possible (a WarmProcess that waits for release()), else cold."""
+    env = tool_environment(settings, job, workdir)
+    argv = [script_name, *job.args]
+    if settings.tool_start == "warm" and zygote is not None and script_name.endswith(".py"):
+        warm = zygote.spawn(os.path.join(workdir, script_name), argv, workdir, env, job.id)
+        if warm is not None:
+            return warm
+    return subprocess.Popen(
+        [*tool_interpreter(), *argv],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def _stream(settings: Settings, job: Job, proc: Process, sink: OutputSink,
             control: Control, announce: Announcement) -> tuple[str | None, str | None]:
     """Pump both pipes until they close; returns a forced state, if any."""
     assert proc.stdout is not None and proc.stderr is not None

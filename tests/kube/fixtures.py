@@ -21,7 +21,7 @@ import pytest
 
 from tests.kube.emulator import KubeEmulator
 from tests.kube.real import KubeNamespace, RealKube, Unavailable, build_requested
-from tests.kube.toolrun import ToolResult, run_tool_in, tool_env
+from tests.kube.toolrun import ToolResult, run_tool_in, set_start, tool_env
 
 ToolRunner = Callable[..., ToolResult]
 
@@ -83,3 +83,11 @@ def run_emulated(job_dir: Path, kube_emulator: KubeEmulator) -> ToolRunner:
         return run_tool_in(job_dir, tool, *args, env=env, files=files)
 
     return run
+
+
+@pytest.fixture
+def both_starts(tool_start: str) -> Iterator[None]:
+    """The test's tools start warm, then cold (tool_start is parametrized per module)."""
+    previous = set_start(tool_start)
+    yield
+    set_start(previous)

@@ -1,0 +1,252 @@
+"""Warm tool starts (ocho/worker/zygote.py) against cold ones: what a tool
+sees and does is the same, whichever way it started; and the zygote's own
+failures never fail a job.
+
+The runner is driven in-process here, so this test process is the "worker":
+it becomes a child subreaper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ocho.settings import Settings
+from ocho.worker import reaper, runner, zygote
+from tests.infra import wait_for
+
+HERE = Path(__file__).resolve().parent
+TOOLS = HERE / "zygote_tools"
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("tools")
+    for source in (HERE / "tools", TOOLS):
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    # Kept out of the tree: nothing may parse it but the interpreter under test.
+    (target / "broken.py").write_text('print("never")\ndef (:\n')
+    return target
+
+
+@pytest.fixture(scope="module")
+def warm(tools: Path) -> Iterator[zygote.Zygote]:
+    handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)))
+    assert handle.wait_ready(60), "the zygote never became ready"
+    yield handle
+    handle.close()  # the process stays a subreaper: tests/kube/toolrun.py's zygote may need it
+
+
+def run(tools: Path, handle: zygote.Zygote | None, tool: str, *args: str,
+        files: dict[str, bytes] | None = None, timeout: int = 30,
+        cancel_after: float | None = None, **settings: object) -> tuple[runner.Outcome, str]:
+    mode = "warm" if handle is not None else "cold"
+    config = Settings(tools_dir=tools, tool_start=mode, kill_grace=1.0, **settings)
+    chunks: list[tuple[str, str]] = []
+    control = runner.Control(zygote=handle)
+    if cancel_after is not None:
+        control.on_spawn = lambda pid: _cancel_later(control, cancel_after)
+    job = runner.Job(str(uuid.uuid4()), tool, list(args), files or {}, timeout)
+    outcome = runner.run(config, job, lambda s, o, d: chunks.append((s, d)), control)
+    chunks += [(c["stream"], c["data"]) for c in outcome.tail]
+    text = "".join(f"[{stream}]{data}" for stream, data in _merge(chunks))
+    # Paths of the job's directory differ from run to run.
+    return outcome, re.sub(r"/[^\s\"']*/ocho-[0-9a-f]{8}-[a-z0-9_]+", "<dir>", text)
+
+
+def _merge(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    merged: list[tuple[str, str]] = []
+    for stream, data in chunks:
+        if merged and merged[-1][0] == stream:
+            merged[-1] = (stream, merged[-1][1] + data)
+        else:
+            merged.append((stream, data))
+    return merged
+
+
+def _cancel_later(control: runner.Control, seconds: float) -> None:
+    import threading
+
+    threading.Timer(seconds, control.cancel.set).start()
+
+
+def both(tools: Path, warm: zygote.Zygote, tool: str, *args: str,
+         **options: object) -> tuple[tuple[runner.Outcome, str], tuple[runner.Outcome, str]]:
+    pid_before = warm.pid
+    hot = run(tools, warm, tool, *args, **options)
+    cold = run(tools, None, tool, *args, **options)
+    assert warm.pid == pid_before  # the zygote ran nothing of the tool's
+    return hot, cold
+
+
+@pytest.mark.parametrize("kind", ["raise", "exit-message", "exit-code", "exit-none", "sigterm",
+                                  "keyboard", "thread", "atexit", "syntax", "order", "unicode",
+                                  "os-exit"])
+def test_a_tool_ends_the_same_warm_or_cold(tools: Path, warm: zygote.Zygote, kind: str):
+    (hot, hot_text), (cold, cold_text) = both(tools, warm, "behave", kind)
+    assert (hot.state, hot.exit_code, hot.reason) == (cold.state, cold.exit_code, cold.reason)
+    assert hot_text == cold_text
+    assert hot_text.startswith("[stdout]start\n")
+
+
+def test_a_script_that_does_not_compile_fails_the_same(tools: Path, warm: zygote.Zygote):
+    (hot, hot_text), (cold, cold_text) = both(tools, warm, "broken")
+    assert hot.exit_code == cold.exit_code == 1
+    assert hot_text == cold_text
+    assert "SyntaxError" in hot_text and "never" not in hot_text
+
+
+def test_the_interpreter_a_tool_sees_is_the_same(tools: Path, warm: zygote.Zygote):
+    uploads = {"yaml.py": b"raise SystemExit('the uploaded yaml.py was imported')\n"}
+    (hot, hot_text), (cold, cold_text) = both(tools, warm, "introspect", "x", "y z",
+                                              files=uploads, tool_memory_bytes=1024**3)
+    assert hot.state == cold.state == "succeeded", hot_text + cold_text
+    seen = json.loads(hot_text.removeprefix("[stdout]"))
+    assert seen == json.loads(cold_text.removeprefix("[stdout]"))
+    assert seen["argv"] == ["introspect.py", "x", "y z"]
+    assert not seen["yaml_from_job_dir"] and not seen["cwd_on_path"]
+    assert seen["ppid"] == os.getpid()  # the worker, as with Popen
+    assert seen["leader"] and seen["fds"] == [0, 1, 2, 3]  # 3: listdir's own
+    assert seen["limits"]["RLIMIT_AS"] == [1024**3, 1024**3]
+    assert seen["limits"]["RLIMIT_NOFILE"] == [1024, 1024]
+    assert seen["limits"]["RLIMIT_CPU"] == [65, 65]
+
+
+def test_the_environment_is_the_same(tools: Path, warm: zygote.Zygote):
+    (hot, hot_text), (cold, cold_text) = both(tools, warm, "env")
+    job_id = re.compile(r"OCHO_JOB_ID=\S+")
+    assert job_id.sub("", hot_text) == job_id.sub("", cold_text)
+    assert "OCHO_JOB_ID=" in hot_text and "HOME=<dir>" in hot_text
+
+
+def test_jobs_share_no_state(tools: Path, warm: zygote.Zygote):
+    """Each job is a fresh fork: random seeds differ, modules' state does not carry over."""
+    script = tools / "state.py"
+    script.write_text("import json, random, sys\n"
+                      "import ocho.kube as k\n"
+                      "print(json.dumps([random.random(), getattr(k, 'mark', None)]))\n"
+                      "k.mark = 'set by a job'\n")
+    first = json.loads(run(tools, warm, "state")[1].removeprefix("[stdout]"))
+    second = json.loads(run(tools, warm, "state")[1].removeprefix("[stdout]"))
+    assert first[1] is None and second[1] is None
+    assert first[0] != second[0]
+
+
+def test_timeout_and_cancel_kill_the_whole_group(tools: Path, warm: zygote.Zygote):
+    outcome, text = run(tools, warm, "sleep", "30", "2", timeout=1)
+    assert outcome.state == "timed_out"
+    group = int(re.search(r"pgid=(\d+)", text).group(1))
+    assert warm.pid != group
+    wait_for(lambda: not _alive_in_group(group), timeout=2, what="the tool's group to die")
+    started = time.monotonic()
+    outcome, text = run(tools, warm, "sleep", "30", "2", cancel_after=0.5)
+    assert outcome.state == "cancelled"
+    assert time.monotonic() - started < 4
+    group = int(re.search(r"pgid=(\d+)", text).group(1))
+    wait_for(lambda: not _alive_in_group(group), timeout=2, what="the tool's group to die")
+    assert reaper.reap_orphans() == 0  # the runner already waited for what the tool left
+
+
+def _alive_in_group(pgid: int) -> bool:
+    from tests.infra import processes_in_group
+
+    return bool(processes_in_group(pgid))
+
+
+def test_a_killed_zygote_costs_no_job(tools: Path, warm: zygote.Zygote):
+    """Killed while a job runs: that job ends as it would have; the next starts
+    cold while the zygote is down; then a new zygote takes over."""
+    old = warm.pid
+    assert old is not None
+    killed: list[int] = []
+
+    def kill_zygote(pid: int) -> None:
+        os.kill(old, signal.SIGKILL)
+        killed.append(pid)
+
+    config = Settings(tools_dir=tools)
+    job = runner.Job(str(uuid.uuid4()), "exit", ["3"], {}, 30)
+    outcome = runner.run(config, job, lambda *a: None,
+                         runner.Control(zygote=warm, on_spawn=kill_zygote))
+    assert killed and (outcome.state, outcome.exit_code) == ("failed", 3)
+    wait_for(lambda: warm.pid != old, timeout=5, what="the zygote to be seen dead")
+    outcome, _ = run(tools, warm, "exit", "0")  # cold or warm: it succeeds
+    assert outcome.state == "succeeded"
+    assert warm.wait_ready(60)
+    assert warm.pid not in (None, old)
+    outcome, text = run(tools, warm, "introspect")
+    assert outcome.state == "succeeded", text
+
+
+def test_a_zygote_that_does_not_answer_means_a_cold_start(tools: Path, warm: zygote.Zygote):
+    assert warm.wait_ready(60)
+    pid = warm.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        original = zygote.SPAWN_TIMEOUT_S
+        zygote.SPAWN_TIMEOUT_S = 0.5
+        outcome, _ = run(tools, warm, "exit", "0")
+    finally:
+        zygote.SPAWN_TIMEOUT_S = original
+        with contextlib.suppress(ProcessLookupError):  # the worker's side killed it
+            os.kill(pid, signal.SIGCONT)
+    assert outcome.state == "succeeded"
+    assert warm.wait_ready(60) and warm.pid != pid
+
+
+def _gone(pid: int) -> bool:
+    """Dead, or a zombie nobody waited for yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fresh_amqp_url: str,
+                                                           tools_dir: Path):
+    """Through a real worker: a warm tool is in its job's pids cgroup with its
+    rlimits; the zygote never saw the worker's secrets; a SIGKILLed worker
+    leaves neither tool nor zygote behind."""
+    from ocho.client import Client
+    from tests.infra import Stack, processes_in_group
+
+    shutil.copytree(TOOLS, tools_dir, dirs_exist_ok=True)
+    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, tool_start="warm",
+                  tokens="a-secret-token", tool_memory_bytes=1024**3)
+    try:
+        worker = stack.start_worker(concurrency=1)
+        zygote_pid = int(re.search(r"tool zygote (\d+) ready", stack.read_log("worker0.log"))[1])
+        environ = Path(f"/proc/{zygote_pid}/environ").read_bytes().decode()
+        assert "OCHO_AMQP_URL" not in environ and "a-secret-token" not in environ
+        with Client(fresh_amqp_url) as client:
+            result = client.wait(client.submit("introspect", files={"yaml.py": b"boom(\n"}),
+                                 timeout=60)
+            assert result.state == "succeeded", result.output
+            seen = json.loads(result.output)
+            assert f"ocho-worker-{worker.pid}/job-{result.id}" in seen["cgroup"][0]
+            assert seen["limits"]["RLIMIT_AS"] == [1024**3, 1024**3]
+            assert seen["ppid"] == worker.pid and not seen["yaml_from_job_dir"]
+            job_id = client.submit("sleep", ["60", "2"])
+            output = ""
+            for event in client.events(job_id, timeout=60):
+                output += event.get("data", "") if event["type"] == "output" else ""
+                if "pgid=" in output:
+                    break
+        group = int(re.search(r"pgid=(\d+)", output)[1])
+        worker.kill()
+        worker.wait()
+        wait_for(lambda: not processes_in_group(group), timeout=5, what="the tool's group to die")
+        wait_for(lambda: _gone(zygote_pid), timeout=5, what="the zygote to die with its worker")
+    finally:
+        stack.stop()
