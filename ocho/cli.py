@@ -83,6 +83,7 @@ options (before TOOL or the command):
   -d, --detach       submit, print the job id on stdout, do not wait
   --no-upload        upload no files; send every argument as text
   -v, --verbose      say when the job is submitted and how it ended
+  -V, --version      print ocho's version
   -h, --help         this help;  ocho COMMAND --help for a command's
 
 exit status:
@@ -573,6 +574,7 @@ class Options:
         self.upload = True
         self.verbose = False
         self.help = False
+        self.version = False
 
     @classmethod
     def from_env(cls) -> Options:
@@ -590,7 +592,8 @@ class Options:
 
 VALUED_OPTIONS = ("--url", "--token", "--timeout")
 FLAG_OPTIONS = {"-d": "detach", "--detach": "detach", "--no-upload": "upload",
-                "-v": "verbose", "--verbose": "verbose", "-h": "help", "--help": "help"}
+                "-v": "verbose", "--verbose": "verbose", "-h": "help", "--help": "help",
+                "-V": "version", "--version": "version"}
 
 
 def parse_leading_options(words: list[str], options: Options) -> list[str]:
@@ -1021,6 +1024,10 @@ def main(argv: list[str] | None = None) -> int:
         terminal.verbose = options.verbose
         if options.help:
             sys.stdout.write(USAGE)
+            return EXIT_OK
+        if options.version:
+            from ocho import __version__
+            print(f"ocho {__version__}")
             return EXIT_OK
         if not words:
             if stdin_is_terminal():

@@ -2,14 +2,27 @@
 
 Everything else receives a `Settings` instance; nothing deeper in the code
 reads the environment.
+
+Invariants:
+- reading is forgiving where people expect it (a log level in any case,
+  booleans as 1/true/yes/on), checking is strict where it matters: every number
+  has a range (`ranged`), every URL is parsed (`url`), every choice is listed
+  (`choice`); a bad value is a `SettingsError` of one line naming the variable,
+  the value and what is allowed, which the commands print and exit 2 on;
+- a secret (`secret`, or a URL's password) never shows in `repr` or a message.
+
+A new setting is one line: `max_queued: int = ranged(10_000, 1, 10**7)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from ocho.errors import SettingsError
 from ocho.topology import DEFAULT_DELIVERY_LIMIT
@@ -32,42 +45,70 @@ MESSAGE_ENVELOPE_BYTES = 8 * 1024 * 1024
 UNPREFIXED_VARIABLES = {"KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
 
 
+# The largest request body whose AMQP message (files in base64, plus the envelope)
+# still fits RabbitMQ's default max_message_size of 128 MiB.
+MAX_REQUEST_BYTES_LIMIT = 90 * 1024**2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+
+
+def ranged(default: float, low: float, high: float) -> Any:
+    """A number field allowed only from `low` to `high` (both included)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def url(default: str, *schemes: str, many: bool = False) -> Any:
+    """A URL field with one of `schemes`; `many`: one or more, separated by ';'."""
+    return dataclasses.field(default=default, metadata={"schemes": schemes, "many": many})
+
+
+def choice(default: str, *choices: str, aliases: Mapping[str, str] | None = None) -> Any:
+    """One of `choices`, read in any case; `aliases` map other spellings onto them."""
+    return dataclasses.field(default=default, metadata={"choices": choices,
+                                                        "aliases": dict(aliases or {})})
+
+
+def secret(default: Any = "") -> Any:
+    """A field whose value never shows in `repr` or in an error message."""
+    return dataclasses.field(default=default, metadata={"secret": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = url("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp", "amqps", many=True)
+    database_url: str = url(DEFAULT_DATABASE_URL, "sqlite", "postgresql", "postgres")
     tools_dir: Path = SHIPPED_TOOLS_DIR
     bind: str = "127.0.0.1:9000"
-    concurrency: int = 2
-    heartbeat: int = 30
-    default_timeout: int = 300
-    max_timeout: int = BROKER_CONSUMER_TIMEOUT_S - 300
-    kill_grace: float = 2.0
-    shutdown_grace: float = 30.0
-    output_cap: int = 4 * 1024 * 1024
-    output_flush_ms: int = 200
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_files: int = 64
-    max_file_bytes: int = 8 * 1024 * 1024
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
-    tool_cpu_seconds: int = 0  # 0: twice the job's timeout, plus a margin
-    tool_memory_bytes: int = 2 * 1024**3
-    tool_file_bytes: int = 256 * 1024**2
-    tool_open_files: int = 1024
-    tool_max_processes: int = 128
-    gateway_threads: int = 16
-    tokens: tuple[str, ...] = ()
+    concurrency: int = ranged(2, 1, 256)
+    heartbeat: int = ranged(30, 0, 3600)  # 0: no AMQP heartbeats
+    default_timeout: int = ranged(300, 1, BROKER_CONSUMER_TIMEOUT_S - 1)
+    max_timeout: int = ranged(BROKER_CONSUMER_TIMEOUT_S - 300, 1, BROKER_CONSUMER_TIMEOUT_S - 1)
+    kill_grace: float = ranged(2.0, 0, 300)
+    shutdown_grace: float = ranged(30.0, 0, 3600)
+    output_cap: int = ranged(4 * MiB, 1 * KiB, 1 * GiB)
+    output_flush_ms: int = ranged(200, 1, 60_000)
+    max_request_bytes: int = ranged(32 * MiB, 1 * KiB, MAX_REQUEST_BYTES_LIMIT)
+    max_files: int = ranged(64, 0, 10_000)
+    max_file_bytes: int = ranged(8 * MiB, 1, MAX_REQUEST_BYTES_LIMIT)
+    delivery_limit: int = ranged(DEFAULT_DELIVERY_LIMIT, 1, 1000)
+    tool_cpu_seconds: int = ranged(0, 0, 7 * 86400)  # 0: twice the job's timeout, plus a margin
+    tool_memory_bytes: int = ranged(2 * GiB, 16 * MiB, 2**62)
+    tool_file_bytes: int = ranged(256 * MiB, 1 * KiB, 2**62)
+    tool_open_files: int = ranged(1024, 16, 1024**2)
+    tool_max_processes: int = ranged(128, 0, 100_000)  # 0: no limit of ours
+    gateway_threads: int = ranged(16, 1, 1024)
+    tokens: tuple[str, ...] = secret(())
     # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.
     token_file: str = ""
     k8s_host: str = ""
-    k8s_token: str = ""
+    k8s_token: str = secret("")
     k8s_ca_file: str = ""
     k8s_namespace: str = ""
     k8s_insecure: bool = False
     kubeconfig: str = ""
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
-    log_level: str = "INFO"
+    log_level: str = choice("INFO", *LOG_LEVELS, aliases={"WARN": "WARNING", "FATAL": "CRITICAL"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -75,13 +116,9 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):
-            name = field.name.upper()
-            if name not in UNPREFIXED_VARIABLES:
-                name = f"OCHO_{name}"
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            values[field.name] = _convert(name, raw, field.type)
+            raw = env.get(variable(field.name), "").strip()
+            if raw:
+                values[field.name] = _convert(field, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.token_file:
@@ -90,22 +127,37 @@ class Settings:
         settings.check()
         return settings
 
+    def __post_init__(self) -> None:
+        # Choices are stored in their canonical spelling, however they were given.
+        for field in dataclasses.fields(self):
+            if "choices" in field.metadata:
+                object.__setattr__(self, field.name, _canonical(field, getattr(self, field.name)))
+
     def check(self) -> None:
-        if self.concurrency < 1:
-            raise SettingsError("OCHO_CONCURRENCY must be at least 1")
-        if not 0 < self.default_timeout <= self.max_timeout:
+        """Raise SettingsError (one line) for the first value that cannot be used."""
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
+        if self.default_timeout > self.max_timeout:
             raise SettingsError(
-                f"OCHO_DEFAULT_TIMEOUT must be between 1 and OCHO_MAX_TIMEOUT ({self.max_timeout})"
-            )
-        if self.max_timeout >= BROKER_CONSUMER_TIMEOUT_S:
-            raise SettingsError(
-                f"OCHO_MAX_TIMEOUT must stay below RabbitMQ's consumer_timeout "
-                f"({BROKER_CONSUMER_TIMEOUT_S} s) so a running job is never redelivered"
-            )
-        if self.output_cap < 1024:
-            raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
-        if ":" not in self.bind:
-            raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
+                f"OCHO_DEFAULT_TIMEOUT={self.default_timeout} is not allowed: it must not be "
+                f"above OCHO_MAX_TIMEOUT ({self.max_timeout})")
+        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):\d{1,5}", self.bind) \
+                or self.bind_port > 65535:
+            raise SettingsError(f"OCHO_BIND={self.bind!r} is not allowed: use HOST:PORT, "
+                                "e.g. 127.0.0.1:9000 (port 0 to 65535)")
+
+    def __repr__(self) -> str:
+        shown = (f"{f.name}={_shown(f, getattr(self, f.name))!r}" for f in dataclasses.fields(self))
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """Every broker URL of OCHO_AMQP_URL (one, or several separated by ';')."""
+        return tuple(part.strip() for part in self.amqp_url.split(";") if part.strip())
+
+    @property
+    def first_amqp_url(self) -> str:
+        return self.amqp_urls[0]
 
     @property
     def max_message_bytes(self) -> int:
@@ -149,23 +201,108 @@ def _read_token_file(path: str) -> tuple[str, ...]:
     return tokens
 
 
-def _convert(name: str, raw: str, kind: object) -> object:
-    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+def variable(name: str) -> str:
+    """The environment variable a field is read from."""
+    upper = name.upper()
+    return upper if upper in UNPREFIXED_VARIABLES else f"OCHO_{upper}"
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _convert(field: dataclasses.Field[Any], raw: str) -> object:
+    """The typed value of one variable's text; SettingsError if it has the wrong form."""
+    kind = str(field.type)
     try:
-        if kind_name == "int":
+        if kind == "int":
             return int(raw)
-        if kind_name == "float":
+        if kind == "float":
             return float(raw)
-        if kind_name == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind_name == "Path":
-            return Path(raw)
-        if kind_name.startswith("tuple"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {kind_name}") from None
+        raise _not_allowed(field, raw) from None
+    if kind == "bool":
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise _not_allowed(field, raw)
+    if kind == "Path":
+        return Path(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
+
+
+def _check_field(field: dataclasses.Field[Any], value: Any) -> None:
+    if "range" in field.metadata:
+        low, high = field.metadata["range"]
+        if isinstance(value, bool) or not low <= value <= high:
+            raise _not_allowed(field, value)
+    if "schemes" in field.metadata:
+        _check_urls(field, value)
+
+
+def _check_urls(field: dataclasses.Field[Any], value: str) -> None:
+    parts = value.split(";") if field.metadata["many"] else [value]
+    for part in parts:
+        problem = _url_problem(part.strip(), field.metadata["schemes"])
+        if problem:
+            raise SettingsError(f"{variable(field.name)}={_mask_password(value)!r} is not "
+                                f"allowed: {problem}")
+
+
+def _url_problem(text: str, schemes: tuple[str, ...]) -> str:
+    """What is wrong with one URL, or '' if nothing."""
+    expected = " or ".join(f"{scheme}:///" if scheme == "sqlite" else f"{scheme}://"
+                           for scheme in schemes)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return "the host or the port is not valid (a port is from 1 to 65535)"
+    if parts.scheme not in schemes or not text.startswith(f"{parts.scheme}://"):
+        return f"start it with {expected}"
+    if parts.scheme == "sqlite":
+        return "" if len(parts.path) > 1 and not parts.netloc else \
+            "sqlite:///FILE needs a file path, e.g. sqlite:///ocho.sqlite3"
+    if not parts.hostname:
+        return "the URL has no host, e.g. amqp://user:password@127.0.0.1:5672/%2F"
+    return "" if port is None or port > 0 else "the port must be from 1 to 65535"
+
+
+def _canonical(field: dataclasses.Field[Any], value: str) -> str:
+    upper = str(value).strip().upper()
+    upper = field.metadata["aliases"].get(upper, upper)
+    if upper not in field.metadata["choices"]:
+        raise _not_allowed(field, value)
+    return upper
+
+
+def _not_allowed(field: dataclasses.Field[Any], value: object) -> SettingsError:
+    return SettingsError(f"{variable(field.name)}={_shown(field, value)!r} is not allowed: "
+                         f"use {_allowed(field)}")
+
+
+def _allowed(field: dataclasses.Field[Any]) -> str:
+    """What a field accepts, in words."""
+    if "range" in field.metadata:
+        low, high = field.metadata["range"]
+        what = "a whole number" if str(field.type) == "int" else "a number"
+        return f"{what} from {low:g} to {high:g}"
+    if "choices" in field.metadata:
+        return "one of " + ", ".join(choice.lower() for choice in field.metadata["choices"])
+    if str(field.type) == "bool":
+        return "true, 1, yes or on; false, 0, no or off"
+    return f"a {field.type}"
+
+
+def _mask_password(text: str) -> str:
+    return re.sub(r"(://[^:/@;]*:)[^@;]*@", r"\1***@", text)
+
+
+def _shown(field: dataclasses.Field[Any], value: object) -> object:
+    """A value as it may appear in repr and messages."""
+    if field.metadata.get("secret") and value:
+        return "***"
+    if "schemes" in field.metadata and isinstance(value, str):
+        return _mask_password(value)
+    return value
