@@ -27,7 +27,16 @@ from urllib.parse import urlsplit
 from ocho.errors import SettingsError
 from ocho.topology import DEFAULT_DELIVERY_LIMIT
 
-SHIPPED_TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
+
+def _shipped_tools_dir() -> Path:
+    """The tools that come with the portal: ocho/tools/ in an installed wheel,
+    tools/ beside the package in a checkout (and its editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "tools"
+    return installed if installed.is_dir() else package.parent / "tools"
+
+
+SHIPPED_TOOLS_DIR = _shipped_tools_dir()
 DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
 
 # RabbitMQ's default consumer_timeout is 30 minutes; a job must always end
