@@ -3,10 +3,11 @@
 VENV ?= .venv
 PYTHON ?= python3
 LOCK := constraints.txt
+# uv installs (from its cache) in seconds what pip takes a minute or two for.
 # A regular (compat) editable install: the default one adds an import hook that
 # costs every interpreter start in the venv, and every job starts one.
-PIP_INSTALL = $(VENV)/bin/pip install --quiet --constraint $(LOCK) \
-	--config-settings editable_mode=compat --editable
+PIP_INSTALL = $(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python \
+	--constraint $(LOCK) --config-setting editable_mode=compat --editable
 SOURCES := pyproject.toml setup.py $(LOCK)
 
 .PHONY: install services run test lint bench lock
@@ -14,10 +15,13 @@ SOURCES := pyproject.toml setup.py $(LOCK)
 # Everything a developer uses: running, the tests, the linters.
 install: $(VENV)/.installed-test $(VENV)/.installed-dev
 
-$(VENV)/bin/pip:
-	$(PYTHON) -m venv $(VENV)
+# The system's pip puts uv (and pip, for people) in a venv made without it:
+# faster than ensurepip.
+$(VENV)/bin/uv: $(LOCK)
+	$(PYTHON) -m venv --without-pip $(VENV)
+	$(PYTHON) -m pip --python $(VENV)/bin/python install --quiet --constraint $(LOCK) uv pip
 
-$(VENV)/.installed-run: $(SOURCES) | $(VENV)/bin/pip
+$(VENV)/.installed-run: $(SOURCES) $(VENV)/bin/uv
 	$(PIP_INSTALL) .
 	touch $@
 
