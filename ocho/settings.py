@@ -117,6 +117,8 @@ class Settings:
     kubeconfig: str = ""
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
+    # Touched every few seconds while the worker consumes: its healthcheck's signal.
+    liveness_file: str = ""
     log_level: str = choice("INFO", *LOG_LEVELS, aliases={"WARN": "WARNING", "FATAL": "CRITICAL"})
 
     @classmethod

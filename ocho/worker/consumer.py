@@ -35,6 +35,7 @@ from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.settings import Settings
 from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
+from ocho.worker.liveness import LivenessFile
 from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
@@ -88,6 +89,7 @@ class Worker:
         self._published = 0
         self._on_confirmed: dict[int, Callable[[bool], None]] = {}
         self._consuming = False
+        self.liveness = LivenessFile(settings.liveness_file)
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -236,6 +238,8 @@ class Worker:
                     time.monotonic() > self._drain_deadline + 2 * self.settings.kill_grace + 5:
                 connection.close()
                 return
+        if self._consuming and connection.is_open:
+            self.liveness.beat()
         connection.ioloop.call_later(TICK_S, self._tick)
 
     def _abandon_running(self, why: str) -> None:
