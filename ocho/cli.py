@@ -403,7 +403,9 @@ class ServerEvent:
 
 def read_server_events(response: Any) -> Iterator[ServerEvent]:
     """Parse a text/event-stream response (comments and retry fields are skipped)."""
-    kind, data, event_id = "message", [], None
+    kind: str = "message"
+    event_id: str | None = None
+    data: list[str] = []
     while True:
         raw = response.readline()
         if not raw:

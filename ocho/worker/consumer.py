@@ -470,7 +470,8 @@ class Worker:
     def _is_current(self, delivery: Delivery) -> bool:
         # A delivery tag belongs to its channel: after a reconnect it is stale
         # and must never be acked on the new one.
-        return delivery.channel is self._channel and delivery.channel.is_open
+        channel = self._channel
+        return channel is not None and delivery.channel is channel and channel.is_open
 
     def _on_io_thread(self, delivery: Delivery, callback: Callable[[], None]) -> None:
         def guarded() -> None:
