@@ -140,6 +140,8 @@ def test_installed_wheel_runs_gateway_worker_and_all_seven_tools(
         job = stack.wait(stack.submit("deploy", ["--help"])["id"], timeout=60)
         assert job["state"] == "succeeded", (job, stack.logs())
         assert "usage: deploy" in stack.output(job["id"])["data"]
+        page = requests.get(f"{stack.url}/", timeout=10)  # its template ships too
+        assert page.status_code == 200 and "<html" in page.text.lower()
     finally:
         stack.stop()
 
