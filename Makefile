@@ -15,14 +15,14 @@ SOURCES := pyproject.toml setup.py $(LOCK)
 # Everything a developer uses: running, the tests, the linters.
 install: $(VENV)/.installed-test $(VENV)/.installed-dev
 
-# The system's pip puts uv (and pip, for people) in a venv made without it:
-# faster than ensurepip.
+# The system's pip puts uv in a venv made without pip (ensurepip is slower);
+# uv then adds pip, for people who use it.
 $(VENV)/bin/uv: $(LOCK)
 	$(PYTHON) -m venv --without-pip $(VENV)
-	$(PYTHON) -m pip --python $(VENV)/bin/python install --quiet --constraint $(LOCK) uv pip
+	$(PYTHON) -m pip --python $(VENV)/bin/python install --quiet --constraint $(LOCK) uv
 
 $(VENV)/.installed-run: $(SOURCES) $(VENV)/bin/uv
-	$(PIP_INSTALL) .
+	$(PIP_INSTALL) . pip
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run
