@@ -72,7 +72,8 @@ def url(default: str, *schemes: str, many: bool = False) -> Any:
 
 
 def choice(default: str, *choices: str, aliases: Mapping[str, str] | None = None) -> Any:
-    """One of `choices`, read in any case; `aliases` map other spellings onto them."""
+    """One of `choices`, read in any case and kept as spelled here; `aliases` map
+    other spellings onto them, e.g. `choice("text", "text", "json")`."""
     return dataclasses.field(default=default, metadata={"choices": choices,
                                                         "aliases": dict(aliases or {})})
 
@@ -224,7 +225,7 @@ _FALSE = ("0", "false", "no", "off")
 
 def _convert(field: dataclasses.Field[Any], raw: str) -> object:
     """The typed value of one variable's text; SettingsError if it has the wrong form."""
-    kind = str(field.type)
+    kind = field_kind(field)
     try:
         if kind == "int":
             return int(raw)
@@ -241,6 +242,12 @@ def _convert(field: dataclasses.Field[Any], raw: str) -> object:
     if kind.startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
+
+
+def field_kind(field: dataclasses.Field[Any]) -> str:
+    """The field's type as written: 'int', 'Path', 'tuple[str, ...]' …"""
+    kind = field.type
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
 
 
 def _check_field(field: dataclasses.Field[Any], value: Any) -> None:
@@ -281,11 +288,13 @@ def _url_problem(text: str, schemes: tuple[str, ...]) -> str:
 
 
 def _canonical(field: dataclasses.Field[Any], value: str) -> str:
-    upper = str(value).strip().upper()
-    upper = field.metadata["aliases"].get(upper, upper)
-    if upper not in field.metadata["choices"]:
-        raise _not_allowed(field, value)
-    return upper
+    """The choice as the field spells it, whatever the case it was given in."""
+    given = str(value).strip().lower()
+    given = {k.lower(): v for k, v in field.metadata["aliases"].items()}.get(given, given)
+    for option in field.metadata["choices"]:
+        if option.lower() == given.lower():
+            return str(option)
+    raise _not_allowed(field, value)
 
 
 def _not_allowed(field: dataclasses.Field[Any], value: object) -> SettingsError:
@@ -297,13 +306,13 @@ def _allowed(field: dataclasses.Field[Any]) -> str:
     """What a field accepts, in words."""
     if "range" in field.metadata:
         low, high = field.metadata["range"]
-        what = "a whole number" if str(field.type) == "int" else "a number"
+        what = "a whole number" if field_kind(field) == "int" else "a number"
         return f"{what} from {low:g} to {high:g}"
     if "choices" in field.metadata:
         return "one of " + ", ".join(choice.lower() for choice in field.metadata["choices"])
-    if str(field.type) == "bool":
+    if field_kind(field) == "bool":
         return "true, 1, yes or on; false, 0, no or off"
-    return f"a {field.type}"
+    return f"a {field_kind(field)}"
 
 
 def _mask_password(text: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ocho.errors import SettingsError
-from ocho.settings import Settings, variable
+from ocho.settings import Settings, field_kind, variable
 
 BIN = Path(sys.executable).parent
 
@@ -25,7 +25,7 @@ def settings(**env: str) -> Settings:
 def test_every_number_has_a_range():
     """A new numeric setting must say what it allows: `x: int = ranged(5, 1, 100)`."""
     unranged = [variable(f.name) for f in dataclasses.fields(Settings)
-                if str(f.type) in ("int", "float") and "range" not in f.metadata]
+                if field_kind(f) in ("int", "float") and "range" not in f.metadata]
     assert unranged == []
 
 
