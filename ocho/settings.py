@@ -11,7 +11,8 @@ Invariants:
   the value and what is allowed, which the commands print and exit 2 on;
 - a secret (`secret`, or a URL's password) never shows in `repr` or a message.
 
-A new setting is one line: `max_queued: int = ranged(10_000, 1, 10**7)`.
+A new setting is one line: `max_queued: int = ranged(10_000, 1, 10**7)`;
+likewise `url(...)`, `choice(...)`, `address(...)` (HOST:PORT) and `secret(...)`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def choice(default: str, *choices: str, aliases: Mapping[str, str] | None = None
                                                         "aliases": dict(aliases or {})})
 
 
+def address(default: str) -> Any:
+    """A HOST:PORT field to listen on ('' allowed: not listening)."""
+    return dataclasses.field(default=default, metadata={"address": True})
+
+
 def secret(default: Any = "") -> Any:
     """A field whose value never shows in `repr` or in an error message."""
     return dataclasses.field(default=default, metadata={"secret": True})
@@ -88,7 +94,7 @@ class Settings:
     amqp_url: str = url("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp", "amqps", many=True)
     database_url: str = url(DEFAULT_DATABASE_URL, "sqlite", "postgresql", "postgres")
     tools_dir: Path = SHIPPED_TOOLS_DIR
-    bind: str = "127.0.0.1:9000"
+    bind: str = address("127.0.0.1:9000")
     concurrency: int = ranged(2, 1, 256)
     heartbeat: int = ranged(30, 0, 3600)  # 0: no AMQP heartbeats
     default_timeout: int = ranged(300, 1, BROKER_CONSUMER_TIMEOUT_S - 1)
@@ -153,10 +159,6 @@ class Settings:
             raise SettingsError(
                 f"OCHO_DEFAULT_TIMEOUT={self.default_timeout} is not allowed: it must not be "
                 f"above OCHO_MAX_TIMEOUT ({self.max_timeout})")
-        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):\d{1,5}", self.bind) \
-                or self.bind_port > 65535:
-            raise SettingsError(f"OCHO_BIND={self.bind!r} is not allowed: use HOST:PORT, "
-                                "e.g. 127.0.0.1:9000 (port 0 to 65535)")
 
     def __repr__(self) -> str:
         shown = (f"{f.name}={_shown(f, getattr(self, f.name))!r}" for f in dataclasses.fields(self))
@@ -257,6 +259,14 @@ def _check_field(field: dataclasses.Field[Any], value: Any) -> None:
             raise _not_allowed(field, value)
     if "schemes" in field.metadata:
         _check_urls(field, value)
+    if field.metadata.get("address") and value and not _is_address(value):
+        raise SettingsError(f"{variable(field.name)}={value!r} is not allowed: use HOST:PORT, "
+                            "e.g. 127.0.0.1:9000 (port 0 to 65535)")
+
+
+def _is_address(text: str) -> bool:
+    found = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):(\d{1,5})", text)
+    return found is not None and int(found.group(2)) <= 65535
 
 
 def _check_urls(field: dataclasses.Field[Any], value: str) -> None:
