@@ -18,8 +18,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError,
 
 def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
     """Parameters for a connection shown in RabbitMQ as `name`."""
-    parameters = pika.URLParameters(settings.amqp_url)
-    if "heartbeat" not in settings.amqp_url:
+    parameters = pika.URLParameters(settings.first_amqp_url)
+    if "heartbeat" not in settings.first_amqp_url:
         parameters.heartbeat = settings.heartbeat
     # A broker under a memory or disk alarm blocks publishers; give up instead of
     # hanging the thread forever, so the gateway can say the broker is unavailable.

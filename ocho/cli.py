@@ -83,6 +83,7 @@ options (before TOOL or the command):
   -d, --detach       submit, print the job id on stdout, do not wait
   --no-upload        upload no files; send every argument as text
   -v, --verbose      say when the job is submitted and how it ended
+  -V, --version      print ocho's version
   -h, --help         this help;  ocho COMMAND --help for a command's
 
 exit status:
@@ -403,7 +404,9 @@ class ServerEvent:
 
 def read_server_events(response: Any) -> Iterator[ServerEvent]:
     """Parse a text/event-stream response (comments and retry fields are skipped)."""
-    kind, data, event_id = "message", [], None
+    kind: str = "message"
+    event_id: str | None = None
+    data: list[str] = []
     while True:
         raw = response.readline()
         if not raw:
@@ -574,6 +577,7 @@ class Options:
         self.upload = True
         self.verbose = False
         self.help = False
+        self.version = False
 
     @classmethod
     def from_env(cls) -> Options:
@@ -591,7 +595,8 @@ class Options:
 
 VALUED_OPTIONS = ("--url", "--token", "--timeout")
 FLAG_OPTIONS = {"-d": "detach", "--detach": "detach", "--no-upload": "upload",
-                "-v": "verbose", "--verbose": "verbose", "-h": "help", "--help": "help"}
+                "-v": "verbose", "--verbose": "verbose", "-h": "help", "--help": "help",
+                "-V": "version", "--version": "version"}
 
 
 def parse_leading_options(words: list[str], options: Options) -> list[str]:
@@ -1022,6 +1027,10 @@ def main(argv: list[str] | None = None) -> int:
         terminal.verbose = options.verbose
         if options.help:
             sys.stdout.write(USAGE)
+            return EXIT_OK
+        if options.version:
+            from ocho import __version__
+            print(f"ocho {__version__}")
             return EXIT_OK
         if not words:
             if stdin_is_terminal():

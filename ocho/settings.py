@@ -2,19 +2,42 @@
 
 Everything else receives a `Settings` instance; nothing deeper in the code
 reads the environment.
+
+Invariants:
+- reading is forgiving where people expect it (a log level in any case,
+  booleans as 1/true/yes/on), checking is strict where it matters: every number
+  has a range (`ranged`), every URL is parsed (`url`), every choice is listed
+  (`choice`); a bad value is a `SettingsError` of one line naming the variable,
+  the value and what is allowed, which the commands print and exit 2 on;
+- a secret (`secret`, or a URL's password) never shows in `repr` or a message.
+
+A new setting is one line: `max_queued: int = ranged(10_000, 1, 10**7)`;
+likewise `url(...)`, `choice(...)`, `address(...)` (HOST:PORT) and `secret(...)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from ocho.errors import SettingsError
 from ocho.topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_QUEUED
 
-SHIPPED_TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
+
+def _shipped_tools_dir() -> Path:
+    """The tools that come with the portal: ocho/tools/ in an installed wheel,
+    tools/ beside the package in a checkout (and its editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "tools"
+    return installed if installed.is_dir() else package.parent / "tools"
+
+
+SHIPPED_TOOLS_DIR = _shipped_tools_dir()
 DEFAULT_DATABASE_URL = "sqlite:///ocho.sqlite3"
 
 # RabbitMQ's default consumer_timeout is 30 minutes; a job must always end
@@ -38,64 +61,100 @@ LOG_FORMATS = ("text", "json")
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+# The largest request body whose AMQP message (files in base64, plus the envelope)
+# still fits RabbitMQ's default max_message_size of 128 MiB.
+MAX_REQUEST_BYTES_LIMIT = 90 * 1024**2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+
+
+def ranged(default: float, low: float, high: float) -> Any:
+    """A number field allowed only from `low` to `high` (both included)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def url(default: str, *schemes: str, many: bool = False) -> Any:
+    """A URL field with one of `schemes`; `many`: one or more, separated by ';'."""
+    return dataclasses.field(default=default, metadata={"schemes": schemes, "many": many})
+
+
+def choice(default: str, *choices: str, aliases: Mapping[str, str] | None = None) -> Any:
+    """One of `choices`, read in any case and kept as spelled here; `aliases` map
+    other spellings onto them, e.g. `choice("text", "text", "json")`."""
+    return dataclasses.field(default=default, metadata={"choices": choices,
+                                                        "aliases": dict(aliases or {})})
+
+
+def address(default: str) -> Any:
+    """A HOST:PORT field to listen on ('' allowed: not listening)."""
+    return dataclasses.field(default=default, metadata={"address": True})
+
+
+def secret(default: Any = "") -> Any:
+    """A field whose value never shows in `repr` or in an error message."""
+    return dataclasses.field(default=default, metadata={"secret": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
-    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = url("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp", "amqps", many=True)
+    database_url: str = url(DEFAULT_DATABASE_URL, "sqlite", "postgresql", "postgres")
     tools_dir: Path = SHIPPED_TOOLS_DIR
-    bind: str = "127.0.0.1:9000"
-    concurrency: int = 2
-    heartbeat: int = 30
-    default_timeout: int = 300
-    max_timeout: int = BROKER_CONSUMER_TIMEOUT_S - 300
-    kill_grace: float = 2.0
-    shutdown_grace: float = 30.0
-    output_cap: int = 4 * 1024 * 1024
-    output_flush_ms: int = 200
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_files: int = 64
-    max_file_bytes: int = 8 * 1024 * 1024
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    bind: str = address("127.0.0.1:9000")
+    concurrency: int = ranged(2, 1, 256)
+    heartbeat: int = ranged(30, 0, 3600)  # 0: no AMQP heartbeats
+    default_timeout: int = ranged(300, 1, BROKER_CONSUMER_TIMEOUT_S - 1)
+    max_timeout: int = ranged(BROKER_CONSUMER_TIMEOUT_S - 300, 1, BROKER_CONSUMER_TIMEOUT_S - 1)
+    kill_grace: float = ranged(2.0, 0, 300)
+    shutdown_grace: float = ranged(30.0, 0, 3600)
+    output_cap: int = ranged(4 * MiB, 1 * KiB, 1 * GiB)
+    output_flush_ms: int = ranged(200, 1, 60_000)
+    max_request_bytes: int = ranged(32 * MiB, 1 * KiB, MAX_REQUEST_BYTES_LIMIT)
+    max_files: int = ranged(64, 0, 10_000)
+    max_file_bytes: int = ranged(8 * MiB, 1, MAX_REQUEST_BYTES_LIMIT)
+    delivery_limit: int = ranged(DEFAULT_DELIVERY_LIMIT, 1, 1000)
     # Requests waiting in ocho.jobs at most; past it a publish is refused (HTTP 503).
-    max_queued: int = DEFAULT_MAX_QUEUED
-    tool_cpu_seconds: int = 0  # 0: twice the job's timeout, plus a margin
-    tool_memory_bytes: int = 2 * 1024**3
-    tool_file_bytes: int = 256 * 1024**2
-    tool_open_files: int = 1024
-    tool_max_processes: int = 128
+    max_queued: int = ranged(DEFAULT_MAX_QUEUED, 1, 10**8)
+    tool_cpu_seconds: int = ranged(0, 0, 7 * 86400)  # 0: twice the job's timeout, plus a margin
+    tool_memory_bytes: int = ranged(2 * GiB, 16 * MiB, 2**62)
+    tool_file_bytes: int = ranged(256 * MiB, 1 * KiB, 2**62)
+    tool_open_files: int = ranged(1024, 16, 1024**2)
+    tool_max_processes: int = ranged(128, 0, 100_000)  # 0: no limit of ours
     # warm: Python tools are forked from the worker's tool zygote; cold: a new interpreter.
-    tool_start: str = "warm"
-    gateway_threads: int = 16
-    tokens: tuple[str, ...] = ()
+    tool_start: str = choice("warm", "warm", "cold")
+    gateway_threads: int = ranged(16, 1, 1024)
+    tokens: tuple[str, ...] = secret(())
     # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.
     token_file: str = ""
     # Host names (optionally name:port) a tokenless gateway answers to; "*" for any.
     allowed_hosts: tuple[str, ...] = ()
-    signature_max_age: float = 300.0
+    signature_max_age: float = ranged(300.0, 1, 86400)
     # Open connections the gateway holds at once (slow clients included).
-    max_connections: int = 2000
+    max_connections: int = ranged(2000, 10, 1_000_000)
     # Seconds a request's headers may take to arrive (a slowloris trickles them).
-    header_timeout: float = 30.0
+    header_timeout: float = ranged(30.0, 0.1, 3600)
     k8s_host: str = ""
-    k8s_token: str = ""
+    k8s_token: str = secret("")
     k8s_ca_file: str = ""
     k8s_namespace: str = ""
     k8s_insecure: bool = False
     kubeconfig: str = ""
     kubernetes_service_host: str = ""
     kubernetes_service_port: str = ""
-    log_level: str = "INFO"
-    log_format: str = "text"  # text: one readable line per event; json: one object a line
+    # Touched every few seconds while the worker consumes: its healthcheck's signal.
+    liveness_file: str = ""
+    log_level: str = choice("INFO", *LOG_LEVELS, aliases={"WARN": "WARNING", "FATAL": "CRITICAL"})
+    log_format: str = choice("text", *LOG_FORMATS)  # text: a readable line; json: an object
     # How long ended jobs and their output are kept: 30d, 12h, 90m, 45s (a bare number
     # is days); 0 keeps them forever.
     retention: str = "30d"
     # HOST:PORT where a worker serves its Prometheus metrics; empty: not served.
-    metrics_bind: str = ""
+    metrics_bind: str = address("")
     # How long the gateway waits for the broker to confirm a request (twice, if it was
-    # already on the wire); a job left `submitting` for 3× this is its dead gateway's.
-    confirm_timeout: float = 10.0
+    # already on the wire); a job left `submitting` for 3x this is its dead gateway's.
+    confirm_timeout: float = ranged(10.0, 0.1, 600)
     # How often each gateway looks for jobs a dead gateway left `submitting`.
-    recover_interval: float = 30.0
+    recover_interval: float = ranged(30.0, 0.1, 86400)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -103,13 +162,9 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for field in dataclasses.fields(cls):
-            name = field.name.upper()
-            if name not in UNPREFIXED_VARIABLES:
-                name = f"OCHO_{name}"
-            raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            values[field.name] = _convert(name, raw, field.type)
+            raw = env.get(variable(field.name), "").strip()
+            if raw:
+                values[field.name] = _convert(field, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if env.get("OCHO_TOKENS"):  # set but empty (compose's default) means no tokens
             _check_tokens("OCHO_TOKENS", env["OCHO_TOKENS"].split(","))
@@ -122,42 +177,34 @@ class Settings:
         settings.check()
         return settings
 
+    def __post_init__(self) -> None:
+        # Choices are stored in their canonical spelling, however they were given.
+        for field in dataclasses.fields(self):
+            if "choices" in field.metadata:
+                object.__setattr__(self, field.name, _canonical(field, getattr(self, field.name)))
+
     def check(self) -> None:
-        if self.concurrency < 1:
-            raise SettingsError("OCHO_CONCURRENCY must be at least 1")
-        if not 0 < self.default_timeout <= self.max_timeout:
+        """Raise SettingsError (one line) for the first value that cannot be used."""
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
+        if self.default_timeout > self.max_timeout:
             raise SettingsError(
-                f"OCHO_DEFAULT_TIMEOUT must be between 1 and OCHO_MAX_TIMEOUT ({self.max_timeout})"
-            )
-        if self.max_timeout >= BROKER_CONSUMER_TIMEOUT_S:
-            raise SettingsError(
-                f"OCHO_MAX_TIMEOUT must stay below RabbitMQ's consumer_timeout "
-                f"({BROKER_CONSUMER_TIMEOUT_S} s) so a running job is never redelivered"
-            )
-        if self.max_queued < 1:
-            raise SettingsError("OCHO_MAX_QUEUED must be at least 1 (requests waiting in "
-                                "ocho.jobs)")
-        if self.output_cap < 1024:
-            raise SettingsError("OCHO_OUTPUT_CAP must be at least 1024 bytes")
-        if self.signature_max_age <= 0:
-            raise SettingsError("OCHO_SIGNATURE_MAX_AGE must be a positive number of seconds")
-        if self.max_connections < 10:
-            raise SettingsError("OCHO_MAX_CONNECTIONS must be at least 10")
-        if self.header_timeout <= 0:
-            raise SettingsError("OCHO_HEADER_TIMEOUT must be a positive number of seconds")
-        if self.tool_start not in ("warm", "cold"):
-            raise SettingsError(f"OCHO_TOOL_START must be warm or cold, not {self.tool_start!r}")
-        if ":" not in self.bind:
-            raise SettingsError("OCHO_BIND must look like HOST:PORT, e.g. 127.0.0.1:9000")
-        if self.log_format.lower() not in LOG_FORMATS:
-            raise SettingsError(f"OCHO_LOG_FORMAT={self.log_format!r}: use text or json")
+                f"OCHO_DEFAULT_TIMEOUT={self.default_timeout} is not allowed: it must not be "
+                f"above OCHO_MAX_TIMEOUT ({self.max_timeout})")
         self.retention_seconds  # noqa: B018 - raises SettingsError for a bad value
-        if self.metrics_bind and not _is_host_port(self.metrics_bind):
-            raise SettingsError(f"OCHO_METRICS_BIND={self.metrics_bind!r} must look like "
-                                "HOST:PORT, e.g. 127.0.0.1:9101 (empty: no metrics)")
-        if not (self.confirm_timeout > 0 and self.recover_interval > 0):
-            raise SettingsError("OCHO_CONFIRM_TIMEOUT and OCHO_RECOVER_INTERVAL must be "
-                                "positive numbers of seconds")
+
+    def __repr__(self) -> str:
+        shown = (f"{f.name}={_shown(f, getattr(self, f.name))!r}" for f in dataclasses.fields(self))
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """Every broker URL of OCHO_AMQP_URL (one, or several separated by ';')."""
+        return tuple(part.strip() for part in self.amqp_url.split(";") if part.strip())
+
+    @property
+    def first_amqp_url(self) -> str:
+        return self.amqp_urls[0]
 
     @property
     def recover_after(self) -> float:
@@ -211,11 +258,6 @@ class Settings:
         return {k: v for k, v in env.items() if v}
 
 
-def _is_host_port(value: str) -> bool:
-    host, _, port = value.rpartition(":")
-    return bool(host) and port.isdigit() and 0 < int(port) < 65536
-
-
 def _check_tokens(variable: str, tokens: list[str]) -> None:
     """No blank entry (it would read as "no token" and switch auth off) and nothing short
     enough to guess; the message never shows a token."""
@@ -241,23 +283,124 @@ def _read_token_file(path: str) -> tuple[str, ...]:
     return tokens
 
 
-def _convert(name: str, raw: str, kind: object) -> object:
-    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+def variable(name: str) -> str:
+    """The environment variable a field is read from."""
+    upper = name.upper()
+    return upper if upper in UNPREFIXED_VARIABLES else f"OCHO_{upper}"
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _convert(field: dataclasses.Field[Any], raw: str) -> object:
+    """The typed value of one variable's text; SettingsError if it has the wrong form."""
+    kind = field_kind(field)
     try:
-        if kind_name == "int":
+        if kind == "int":
             return int(raw)
-        if kind_name == "float":
+        if kind == "float":
             return float(raw)
-        if kind_name == "bool":
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if kind_name == "Path":
-            return Path(raw)
-        if kind_name.startswith("tuple"):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {kind_name}") from None
+        raise _not_allowed(field, raw) from None
+    if kind == "bool":
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise _not_allowed(field, raw)
+    if kind == "Path":
+        return Path(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
+
+
+def field_kind(field: dataclasses.Field[Any]) -> str:
+    """The field's type as written: 'int', 'Path', 'tuple[str, ...]' …"""
+    kind = field.type
+    return kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
+def _check_field(field: dataclasses.Field[Any], value: Any) -> None:
+    if "range" in field.metadata:
+        low, high = field.metadata["range"]
+        if isinstance(value, bool) or not low <= value <= high:
+            raise _not_allowed(field, value)
+    if "schemes" in field.metadata:
+        _check_urls(field, value)
+    if field.metadata.get("address") and value and not _is_address(value):
+        raise SettingsError(f"{variable(field.name)}={value!r} is not allowed: use HOST:PORT, "
+                            "e.g. 127.0.0.1:9000 (port 0 to 65535)")
+
+
+def _is_address(text: str) -> bool:
+    found = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):(\d{1,5})", text)
+    return found is not None and int(found.group(2)) <= 65535
+
+
+def _check_urls(field: dataclasses.Field[Any], value: str) -> None:
+    parts = value.split(";") if field.metadata["many"] else [value]
+    for part in parts:
+        problem = _url_problem(part.strip(), field.metadata["schemes"])
+        if problem:
+            raise SettingsError(f"{variable(field.name)}={_mask_password(value)!r} is not "
+                                f"allowed: {problem}")
+
+
+def _url_problem(text: str, schemes: tuple[str, ...]) -> str:
+    """What is wrong with one URL, or '' if nothing."""
+    expected = " or ".join(f"{scheme}:///" if scheme == "sqlite" else f"{scheme}://"
+                           for scheme in schemes)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return "the host or the port is not valid (a port is from 1 to 65535)"
+    if parts.scheme not in schemes or not text.startswith(f"{parts.scheme}://"):
+        return f"start it with {expected}"
+    if parts.scheme == "sqlite":
+        return "" if len(parts.path) > 1 and not parts.netloc else \
+            "sqlite:///FILE needs a file path, e.g. sqlite:///ocho.sqlite3"
+    if not parts.hostname:
+        return "the URL has no host, e.g. amqp://user:password@127.0.0.1:5672/%2F"
+    return "" if port is None or port > 0 else "the port must be from 1 to 65535"
+
+
+def _canonical(field: dataclasses.Field[Any], value: str) -> str:
+    """The choice as the field spells it, whatever the case it was given in."""
+    given = str(value).strip().lower()
+    given = {k.lower(): v for k, v in field.metadata["aliases"].items()}.get(given, given)
+    for option in field.metadata["choices"]:
+        if option.lower() == given.lower():
+            return str(option)
+    raise _not_allowed(field, value)
+
+
+def _not_allowed(field: dataclasses.Field[Any], value: object) -> SettingsError:
+    return SettingsError(f"{variable(field.name)}={_shown(field, value)!r} is not allowed: "
+                         f"use {_allowed(field)}")
+
+
+def _allowed(field: dataclasses.Field[Any]) -> str:
+    """What a field accepts, in words."""
+    if "range" in field.metadata:
+        low, high = field.metadata["range"]
+        what = "a whole number" if field_kind(field) == "int" else "a number"
+        return f"{what} from {low:g} to {high:g}"
+    if "choices" in field.metadata:
+        return "one of " + ", ".join(choice.lower() for choice in field.metadata["choices"])
+    if field_kind(field) == "bool":
+        return "true, 1, yes or on; false, 0, no or off"
+    return f"a {field_kind(field)}"
+
+
+def _mask_password(text: str) -> str:
+    return re.sub(r"(://[^:/@;]*:)[^@;]*@", r"\1***@", text)
+
+
+def _shown(field: dataclasses.Field[Any], value: object) -> object:
+    """A value as it may appear in repr and messages."""
+    if field.metadata.get("secret") and value:
+        return "***"
+    if "schemes" in field.metadata and isinstance(value, str):
+        return _mask_password(value)
+    return value

@@ -84,8 +84,9 @@ class Stack:
     """Gateway and workers as separate processes, against one vhost and one store."""
 
     def __init__(self, workdir: Path, amqp_url: str, database_url: str | None = None,
-                 **settings: Any) -> None:
+                 bin_dir: Path = BIN, **settings: Any) -> None:
         self.workdir = workdir
+        self.bin_dir = bin_dir  # where ocho-gateway and ocho-worker are: another venv's, say
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -109,7 +110,7 @@ class Stack:
                                     stdout=out, stderr=subprocess.STDOUT)
 
     def start_gateway(self) -> None:
-        self.gateway = self._spawn([str(BIN / "ocho-gateway")], "gateway.log")
+        self.gateway = self._spawn([str(self.bin_dir / "ocho-gateway")], "gateway.log")
         wait_for(self._ready, timeout=30, what="gateway /readyz")
 
     def _ready(self) -> bool:
@@ -127,7 +128,7 @@ class Stack:
                      **env: str) -> subprocess.Popen[bytes]:
         index = len(self.workers)
         worker_env = {**self.env, **env}
-        proc = self._spawn([str(BIN / "ocho-worker"), "--concurrency", str(concurrency)],
+        proc = self._spawn([str(self.bin_dir / "ocho-worker"), "--concurrency", str(concurrency)],
                            f"worker{index}.log", env=worker_env)
         self.workers.append(proc)
         log = self.workdir / f"worker{index}.log"

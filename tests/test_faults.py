@@ -1,6 +1,11 @@
-"""The fault suite: crashes, restarts and poison messages, against the real
+"""The fault suite: crashes, restarts and poison messages, against a real
 broker and real processes. Every job must end in a terminal state, none lost,
-none stuck."""
+none stuck.
+
+The broker here is a RabbitMQ node of this module's own (tests/private_broker.py),
+started once for the module; each test gets a fresh vhost on it. Tests stop and
+start *that* node; the machine's shared broker is never touched, which the last
+test checks."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -17,13 +23,38 @@ import pytest
 import requests
 
 from tests.infra import Stack, processes_in_group, wait_for
+from tests.private_broker import (
+    PrivateBroker,
+    open_shared_connection,
+    private_broker,
+    shared_broker_uptime_ms,
+)
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "rejected"}
 
 
+@pytest.fixture(scope="module")
+def shared_broker_watch(amqp_url: str) -> Iterator[tuple[float, int, pika.BlockingConnection]]:
+    """Opened before any fault test: the shared node's uptime and an idle connection
+    to it, both checked by the module's last test."""
+    connection = open_shared_connection(amqp_url)
+    uptime = shared_broker_uptime_ms()
+    yield time.monotonic(), uptime, connection
+    if connection.is_open:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory,
+         shared_broker_watch: object) -> Iterator[PrivateBroker]:
+    """The RabbitMQ node these tests may stop: started once, its start-up costs seconds."""
+    with private_broker(tmp_path_factory.mktemp("rabbitmq")) as started:
+        yield started
+
+
 @pytest.fixture
-def stack(tmp_path: Path, fresh_amqp_url: str, tools_dir: Path):
-    stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, kill_grace=1,
+def stack(tmp_path: Path, node: PrivateBroker, tools_dir: Path):
+    stack = Stack(tmp_path, node.create_vhost(), tools_dir=tools_dir, kill_grace=1,
                   delivery_limit=3)
     yield stack
     stack.stop()
@@ -67,14 +98,10 @@ def wait_all_terminal(stack: Stack, ids: list[str], timeout: float) -> dict[str,
         time.sleep(0.5)
 
 
-def broker(action: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", action], check=True, capture_output=True, timeout=120)
-
-
 @pytest.fixture
-def restore_broker():
+def restore_broker(node: PrivateBroker) -> Iterator[None]:
     yield
-    broker("start_app")
+    node.start_app()  # a no-op if the test started it again itself
 
 
 def test_sigkill_worker_mid_job_redelivers_to_another(stack: Stack):
@@ -109,16 +136,17 @@ def test_sigterm_worker_mid_job_loses_nothing(stack: Stack):
     assert [jobs[i]["state"] for i in ids] == ["succeeded"] * len(ids)
 
 
-def test_broker_restart_with_200_jobs_loses_none(stack: Stack, restore_broker):
+def test_broker_restart_with_200_jobs_loses_none(stack: Stack, node: PrivateBroker,
+                                                 restore_broker: None):
     stack.start_gateway()
     stack.start_worker(concurrency=2)
     stack.start_worker(concurrency=2)
     ids = [stack.submit("sleep", ["0.05"])["id"] for _ in range(200)]
     wait_for(lambda: any(stack.wait(i, 0)["state"] != "queued" for i in ids[:20]),
              what="jobs to start")
-    broker("stop_app")
+    node.stop_app()
     time.sleep(2)
-    broker("start_app")
+    node.start_app()
     jobs = wait_all_terminal(stack, ids, timeout=240)
     assert len([j for j in all_jobs(stack) if j["id"] in set(ids)]) == 200
     states = [jobs[i]["state"] for i in ids]
@@ -140,15 +168,16 @@ def test_gateway_restart_records_events_that_waited(stack: Stack):
     assert "done" in output_text(stack, job["id"])
 
 
-def test_broker_down_gives_503_then_recovers(stack: Stack, restore_broker):
+def test_broker_down_gives_503_then_recovers(stack: Stack, node: PrivateBroker,
+                                            restore_broker: None):
     stack.start_gateway()
     stack.start_worker()
-    broker("stop_app")
+    node.stop_app()
     response = requests.post(f"{stack.url}/jobs", json={"tool": "exit", "args": ["0"]},
                              timeout=30)
     assert response.status_code == 503
     assert "broker" in response.json()["error"].lower() or "rabbitmq" in response.text.lower()
-    broker("start_app")
+    node.start_app()
 
     def accepted() -> dict | None:
         r = requests.post(f"{stack.url}/jobs", json={"tool": "exit", "args": ["0"]}, timeout=30)
@@ -236,6 +265,7 @@ def test_cancel_queued_and_running(stack: Stack):
     assert stack.wait(queued["id"], 0)["started_at"] is None
 
 
+@pytest.mark.timeout(600)
 def test_2000_jobs_with_workers_killed_all_succeed(stack: Stack):
     stack.start_gateway()
     stack.start_worker(concurrency=2)
@@ -254,3 +284,19 @@ def test_2000_jobs_with_workers_killed_all_succeed(stack: Stack):
     jobs = wait_all_terminal(stack, ids, timeout=400)
     states = [jobs[i]["state"] for i in ids]
     assert states.count("succeeded") == len(ids) == 2000, {s: states.count(s) for s in set(states)}
+
+
+def test_shared_broker_kept_running_through_the_fault_tests(
+        shared_broker_watch: tuple[float, int, pika.BlockingConnection]):
+    """Last in the module: the shared node's VM was not restarted (its uptime grew by
+    at least the time since the module began) and its app was not stopped (a
+    connection opened before the first fault test still works)."""
+    started, uptime_before, connection = shared_broker_watch
+    elapsed_ms = (time.monotonic() - started) * 1000
+    # Read before `started` and after `elapsed_ms`: the uptime grew by more than
+    # elapsed_ms unless the VM restarted (a little slack for Erlang's clock correction).
+    assert shared_broker_uptime_ms() >= uptime_before + elapsed_ms - 5000
+    assert connection.is_open
+    channel = connection.channel()
+    channel.queue_declare("", exclusive=True)  # a round trip to the broker
+    channel.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from ocho import logs
+from ocho import __version__
 from ocho.errors import SettingsError, StoreUnavailable
 from ocho.gateway import serving
 from ocho.gateway.app import create_app
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(OCHO_DATABASE_URL)")
     parser.add_argument("--tools-dir", type=Path, help="directory of tool scripts "
                         "(OCHO_TOOLS_DIR)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 

@@ -81,7 +81,7 @@ class KubeApi:
             if stream and 200 <= response.status <= 299:
                 return response.response  # the urllib3 response, read as it arrives
             response.read()
-            body_text = response.data.decode("utf-8", "replace")
+            body_text = (response.data or b"").decode("utf-8", "replace")
             if not 200 <= response.status <= 299:
                 raise ApiException.from_response(http_resp=response, body=body_text, data=None)
         except ApiException as exc:

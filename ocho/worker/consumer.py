@@ -49,6 +49,7 @@ from ocho.settings import Settings
 from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
 from ocho.worker.metrics import WorkerMetrics
+from ocho.worker.liveness import LivenessFile
 from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")
@@ -143,6 +144,7 @@ class Worker:
         self._published = 0
         self._on_confirmed: dict[int, Callable[[bool], None]] = {}
         self._consuming = False
+        self.liveness = LivenessFile(settings.liveness_file)
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -317,6 +319,8 @@ class Worker:
                     time.monotonic() > self._drain_deadline + 2 * self.settings.kill_grace + 5:
                 connection.close()
                 return
+        if self._consuming and connection.is_open:
+            self.liveness.beat()
         connection.ioloop.call_later(TICK_S, self._tick)
 
     def _abandon_running(self, why: str) -> None:
@@ -670,7 +674,8 @@ class Worker:
     def _is_current(self, delivery: Delivery) -> bool:
         # A delivery tag belongs to its channel: after a reconnect it is stale
         # and must never be acked on the new one.
-        return delivery.channel is self._channel and delivery.channel.is_open
+        channel = self._channel
+        return channel is not None and delivery.channel is channel and channel.is_open
 
     def _on_io_thread(self, delivery: Delivery, callback: Callable[[], None]) -> None:
         def guarded() -> None:

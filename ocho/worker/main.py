@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ocho import logs
+from ocho import __version__
 from ocho.errors import SettingsError
 from ocho.settings import Settings
 from ocho.worker.consumer import Worker
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", "-c", type=int, help="job slots (OCHO_CONCURRENCY)")
     parser.add_argument("--amqp-url", help="RabbitMQ URL (OCHO_AMQP_URL)")
     parser.add_argument("--tools-dir", type=Path, help="where the tools are (OCHO_TOOLS_DIR)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     options = parser.parse_args(argv)
     try:
         settings = Settings.from_env(concurrency=options.concurrency, amqp_url=options.amqp_url,

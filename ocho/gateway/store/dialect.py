@@ -92,7 +92,11 @@ class Postgres(Dialect):
     skip_locked = " SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
-        import psycopg  # imported here so a SQLite-only gateway never loads it
+        try:
+            import psycopg  # imported here so a SQLite-only gateway never loads it
+        except ImportError:
+            raise SettingsError("OCHO_DATABASE_URL is a PostgreSQL URL but psycopg is not "
+                                "installed: pip install 'ocho-portal[postgres]'") from None
 
         self._psycopg = psycopg
         self.url = url
