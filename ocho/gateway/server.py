@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from ocho import logs
-from ocho import __version__
+from ocho import __version__, logs
 from ocho.errors import SettingsError, StoreUnavailable
 from ocho.gateway import serving
 from ocho.gateway.app import create_app

@@ -48,8 +48,8 @@ from ocho.message import shown
 from ocho.settings import Settings
 from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
-from ocho.worker.metrics import WorkerMetrics
 from ocho.worker.liveness import LivenessFile
+from ocho.worker.metrics import WorkerMetrics
 from ocho.worker.reaper import Reaper
 
 log = logging.getLogger("ocho.worker")

@@ -7,8 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ocho import logs
-from ocho import __version__
+from ocho import __version__, logs
 from ocho.errors import SettingsError
 from ocho.settings import Settings
 from ocho.worker.consumer import Worker
