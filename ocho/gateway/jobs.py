@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
@@ -17,7 +16,7 @@ from ocho.errors import InvalidRequest, JobConflict
 from ocho.gateway import metrics
 from ocho.gateway.handoff import accept_job
 from ocho.gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
-from ocho.gateway.services import Services, services
+from ocho.gateway.services import Services, WaitingSlots, services
 from ocho.gateway.store import Job, OutputSlice
 from ocho.gateway.submission import read_submission
 from ocho.message import STATES
@@ -195,9 +194,9 @@ class _SlotHeld:
     """An event stream that gives its waiting slot back when the server closes it,
     even if it never started (a generator's `finally` would not run then)."""
 
-    def __init__(self, events: Generator[str, None, None], slot: threading.Semaphore) -> None:
+    def __init__(self, events: Generator[str, None, None], slot: WaitingSlots) -> None:
         self._events = events
-        self._slot: threading.Semaphore | None = slot
+        self._slot: WaitingSlots | None = slot
 
     def __iter__(self) -> Iterator[str]:
         return self._events

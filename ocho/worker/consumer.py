@@ -363,7 +363,7 @@ class Worker:
             return
         if action != "cancel":
             raise InvalidRequest(f"unknown action {shown(action, 40)}")
-        if not message.is_job_id(job_id):
+        if not isinstance(job_id, str) or not message.is_job_id(job_id):
             raise InvalidRequest(f"id {shown(job_id, 60)}: {message.JOB_ID_RULE}")
         self._cancel(job_id)
 

@@ -62,7 +62,8 @@ def capture() -> FreshState:
         if handler is not None:
             handlers[sig] = handler
     mask = frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, []))
-    streams = tuple(StreamShape(s.encoding, s.errors, s.write_through, s.line_buffering)
+    streams = tuple(StreamShape(s.encoding, s.errors,  # type: ignore[arg-type]
+                                s.write_through, s.line_buffering)  # type: ignore[union-attr,arg-type]
                     for s in (sys.stdin, sys.stdout, sys.stderr))
     return FreshState(handlers, mask, streams)  # type: ignore[arg-type]
 
@@ -86,7 +87,7 @@ def fresh_stdio(state: FreshState) -> None:
         # Open for the life of the process, as the interpreter's own (closefd=False).
         buffer = open(fd, "wb" if writing else "rb",  # noqa: SIM115
                       buffering=0 if unbuffered else -1, closefd=False)
-        raw = buffer if unbuffered else buffer.raw  # type: ignore[union-attr]
+        raw = buffer if unbuffered else buffer.raw  # type: ignore[union-attr,attr-defined]
         raw.name = name  # type: ignore[misc,union-attr]
         text = io.TextIOWrapper(buffer, shape.encoding, shape.errors, "\n",  # type: ignore[arg-type]
                                 shape.line_buffering, shape.write_through)
