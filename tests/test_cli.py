@@ -20,7 +20,7 @@ from typing import IO
 import pytest
 import requests
 
-from ocho.cli import prepare_arguments
+from ocho.cli.uploads import prepare_arguments
 from tests import infra
 from tests.infra import Stack, wait_for
 
