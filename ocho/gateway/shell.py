@@ -9,8 +9,17 @@ original saved them. The job is submitted exactly as POST /jobs submits one (it
 is in GET /jobs too), and the call blocks until it ends: `ok` is true only if it
 succeeded, `out` is its combined output with the portal's notes, `ms` what the
 call took. As with the original, a command that does not exist is an answer,
-not an error: `ok: false` and an `out` listing the commands there are. A line
-that cannot be split, a bad upload or a bad `timeout` is a 400 (JSON error).
+not an error: `ok: false` and an `out` listing the commands there are; so is a
+line that cannot be split (or is empty): `200`, `ok: false`, the
+reason in `out` (and in `error`/`field`, as every error answer has them).
+
+Every answer, error or not, carries `ok`, `ms` and `out` (invariant): the
+original CLI does `json.loads(answer)['out']` on whatever comes back, so a 400
+(bad upload, bad `timeout`), 401, 413, 415 or 503 keeps its status code and its
+`error`/`field`, and has `ok: false` and the error text in `out` too
+(`shaped`, run after every /shell request, auth's refusals included). As the
+original did, form fields that are not files and url-encoded bodies are
+ignored (one log line says so).
 
 `help` is answered by the gateway itself: the tools and their summaries, or with
 a tool's name, its --help.
@@ -30,7 +39,7 @@ import shlex
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
 
 from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
@@ -58,23 +67,41 @@ HELP = "help"
 # Past the job's own time limit and kill grace: room for the last events to arrive.
 MARGIN_S = 10.0
 EXAMPLE = "curl -X POST -H 'X-Shell: ls' http://HOST:9000/shell"
+# Bodies the original read files from (multipart), or ignored (no body, url-encoded).
+IGNORED_BODIES = ("", "multipart/form-data", "application/x-www-form-urlencoded")
+
+
+@blueprint.after_request
+def shaped(response: Response) -> Response:
+    """Give an error answer the original's shape too: `ok: false`, `ms`, `out`."""
+    if response.status_code == 200 or response.mimetype != "application/json":
+        return response
+    body = response.get_json(silent=True)
+    if not isinstance(body, dict) or "out" in body:
+        return response
+    began = g.get("shell_began", time.monotonic())
+    error = str(body.get("error") or response.status)
+    body.update(ok=False, ms=int((time.monotonic() - began) * 1000), out=error + "\n")
+    response.set_data(jsonify(body).get_data())
+    return response
 
 
 @blueprint.post("/shell")
 def shell() -> Response:
-    began = time.monotonic()
+    began = g.shell_began = time.monotonic()
     portal = services()
     # Everything about the request is checked before anything is answered, `help` too.
-    words = split_line(read_line())
-    if request.mimetype not in ("", "multipart/form-data") and _has_body():
+    line = read_line()  # no X-Shell header at all: a 400 (in the original's shape)
+    try:
+        words = split_line(line)
+    except InvalidRequest as exc:
+        return _refused_line(began, exc)
+    if request.mimetype not in IGNORED_BODIES and _has_body():
         raise UnsupportedMediaType("send files as multipart/form-data (curl -F name=@file), "
                                    "or no body")
     timeout = _timeout()
     check_correlation_id(request.headers.get(CORRELATION_HEADER), CORRELATION_HEADER)
-    for name in request.form:
-        raise InvalidRequest(f"form field {name!r} is not a file: send each file as "
-                             f"-F '{name}=@PATH' (the field's name is the file's name)",
-                             field=name)
+    _ignore_text_fields()
     if words[0] == HELP:
         ok, out = help_text(portal.catalog, words[1:])
         return _answer(began, ok, out)
@@ -124,6 +151,22 @@ def split_line(line: str) -> list[str]:
         raise InvalidRequest(f"the command line is empty; start it with a tool name "
                              f"(`{LINE_HEADER}: help` lists them)", field=LINE_HEADER)
     return words
+
+
+def _refused_line(began: float, exc: InvalidRequest) -> Response:
+    """A line that cannot be run is an answer, as the original gave it: 200, ok false."""
+    body = SHELL_RESULT.dump({"ok": False, "ms": int((time.monotonic() - began) * 1000),
+                              "out": f"{exc}\n"})
+    body.update(error=str(exc), field=exc.field)
+    return jsonify(body)
+
+
+def _ignore_text_fields() -> None:
+    """The original saved only files; a text field is dropped, as it was there."""
+    names = sorted(request.form)
+    if names:
+        log.info("POST /shell: ignored form field(s) that are not files: %s",
+                 ", ".join(repr(name) for name in names))
 
 
 def help_text(catalog: ToolCatalog, names: list[str]) -> tuple[bool, str]:

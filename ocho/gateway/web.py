@@ -14,7 +14,7 @@ PAGE = "shell.html"
 
 
 def page() -> bytes:
-    return resources.files("gateway").joinpath("templates", PAGE).read_bytes()
+    return resources.files("ocho.gateway").joinpath("templates", PAGE).read_bytes()
 
 
 @blueprint.get("/")
