@@ -42,9 +42,9 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
 
-from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
+from ocho.errors import BrokerUnavailable, InvalidRequest, PublishRejected, UnknownTool
 from ocho.gateway import metrics
-from ocho.gateway.catalog import ToolCatalog
+from ocho.gateway.catalog import help_text, unknown_command
 from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg, submit_job
 from ocho.gateway.schemas import SHELL_RESULT
 from ocho.gateway.services import Services, services
@@ -167,39 +167,6 @@ def _ignore_text_fields() -> None:
     if names:
         log.info("POST /shell: ignored form field(s) that are not files: %s",
                  ", ".join(repr(name) for name in names))
-
-
-def help_text(catalog: ToolCatalog, names: list[str]) -> tuple[bool, str]:
-    """What `help [TOOL]` answers: (ok, text)."""
-    if not names:
-        tools = catalog.names()
-        if not tools:
-            return True, f"no tools are installed in {catalog.tools_dir}\n"
-        width = max(len(name) for name in tools)
-        lines = ["available commands:"]
-        lines += [f"  {name:<{width}}  {_summary(catalog, name)}".rstrip() for name in tools]
-        lines.append("`help TOOL` shows a tool's options.")
-        return True, "\n".join(lines) + "\n"
-    if len(names) > 1:
-        return False, "usage: help [TOOL]\n"
-    try:
-        return True, catalog.help(names[0])
-    except UnknownTool as exc:
-        return False, unknown_command(exc.tool, exc.known)
-    except OchoError as exc:
-        return False, f"{exc}\n"
-
-
-def unknown_command(tool: str, known: list[str]) -> str:
-    listing = ", ".join(known) if known else "none installed"
-    return f"unknown command {tool!r} (available commands -> {listing})\n"
-
-
-def _summary(catalog: ToolCatalog, name: str) -> str:
-    try:
-        return catalog.summary(name)
-    except OchoError:
-        return ""
 
 
 def _has_body() -> bool:

@@ -550,11 +550,15 @@ class StoreTransaction:
         kind = event["type"]
         ts = float(event.get("ts") or time.time())
         tool = event.get("tool")
-        inserted = self.insert_job(job_id, tool=tool, created_at=ts)
+        args = event.get("args")  # started/finished: a job submitted over AMQP keeps them
+        inserted = self.insert_job(job_id, tool=tool, args=args, created_at=ts)
         job = self.job(job_id, lock=True)
         changed = inserted
         if job.tool is None and tool:
             self.update(job_id, tool=_text(tool))
+            changed = True
+        if not job.args and args:
+            self.update(job_id, args=json.dumps([_text(a) for a in args]))
             changed = True
         if attempt < job.attempt:
             return changed  # an event of a run that was superseded by a redelivery

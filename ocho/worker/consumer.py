@@ -33,7 +33,7 @@ from ocho import message, topology
 from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
 from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.settings import Settings
-from ocho.worker import runner
+from ocho.worker import builtins, runner
 from ocho.worker.limits import ProcessCounter
 from ocho.worker.reaper import Reaper
 
@@ -298,6 +298,9 @@ class Worker:
             self._finish(delivery, job, runner.Outcome(message.CANCELLED, None, 0, False, 0,
                                                        reason="cancelled before it started"))
             return
+        if job.tool in builtins.NAMES:
+            self._finish(delivery, job, builtins.answer(self.settings.tools_dir, job.args))
+            return
         control = self._control_for(job, delivery)
         reported = False
 
@@ -352,7 +355,8 @@ class Worker:
 
         def on_running(started_ts: float) -> None:
             self._publish(delivery, {"type": message.STARTED, "id": job.id, "tool": job.tool,
-                                     "attempt": job.attempt, "worker": self.name,
+                                     "args": job.args, "attempt": job.attempt,
+                                     "worker": self.name,
                                      "ts": started_ts})
 
         return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running)
@@ -376,7 +380,8 @@ class Worker:
         if total > self.settings.max_request_bytes:
             raise PayloadTooLarge(f"files: {total} bytes in all; at most "
                                   f"{self.settings.max_request_bytes} per job", field="files")
-        if runner.tool_path(self.settings, request["tool"]) is None:
+        if request["tool"] not in builtins.NAMES and \
+                runner.tool_path(self.settings, request["tool"]) is None:
             raise InvalidRequest(f"unknown tool {request['tool']!r}", field="tool")
         timeout = min(request["timeout"] or self.settings.default_timeout,
                       self.settings.max_timeout)
@@ -386,8 +391,8 @@ class Worker:
     def _finish(self, delivery: Delivery, job: runner.Job, outcome: runner.Outcome) -> None:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
                  outcome.ms, " (output truncated)" if outcome.truncated else "")
-        self._publish(delivery, _finished_event(job.id, job.tool, delivery.attempt, outcome,
-                                                self.name), then_ack=True)
+        event = _finished_event(job.id, job.tool, delivery.attempt, outcome, self.name)
+        self._publish(delivery, {**event, "args": job.args}, then_ack=True)
 
     def _reject(self, delivery: Delivery, job_id: str | None, reason: str,
                 tool: str | None = None) -> None:
@@ -485,7 +490,8 @@ class Worker:
 
 def _finished_event(job_id: str, tool: str | None, attempt: int, outcome: runner.Outcome,
                     worker: str) -> dict[str, Any]:
-    return {"type": message.FINISHED, "id": job_id, "tool": tool, "attempt": attempt,
+    return {"type": message.FINISHED, "id": job_id, "tool": tool, "args": None,
+            "attempt": attempt,
             "state": outcome.state, "exit_code": outcome.exit_code, "ms": outcome.ms,
             "truncated": outcome.truncated, "output_bytes": outcome.output_bytes,
             "reason": outcome.reason, "worker": worker, "started_ts": outcome.started_ts,
