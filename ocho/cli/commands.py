@@ -10,6 +10,7 @@ import json
 import sys
 
 from ocho.cli.client import job_path
+from ocho.cli.completion import cmd_completion
 from ocho.cli.errors import EXIT_OK, refused
 from ocho.cli.follow import Terminal, follow_job
 from ocho.cli.options import Options, parse_leading_options
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     Command = Callable[[Options, list[str], Terminal], int]
 
-SUBCOMMANDS = ("run", "jobs", "status", "output", "cancel", "help")
+SUBCOMMANDS = ("run", "jobs", "status", "output", "cancel", "help", "completion")
 TERMINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "rejected")
 
 # How long `ocho cancel` waits to see the job end.
@@ -256,6 +257,7 @@ COMMANDS: dict[str, Command] = {
     "output": cmd_output,
     "cancel": cmd_cancel,
     "help": cmd_help,
+    "completion": cmd_completion,
 }
 
 

@@ -21,6 +21,7 @@ from ocho.cli.errors import (
     CliError,
     unavailable,
 )
+from ocho.cli.escape import harmless
 
 # typing costs start-up time; type checkers read this block, the interpreter skips it.
 TYPE_CHECKING = False
@@ -39,11 +40,22 @@ class Terminal:
 
     def __init__(self, verbose: bool = False) -> None:
         self.verbose = verbose
+        self._terminals: dict[str, bool] = {}
 
     def write(self, stream: str, text: str) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
+        if self._is_terminal(stream, target):
+            text = harmless(text)  # a tool's escape sequences must not drive the terminal
         target.buffer.write(text.encode("utf-8", errors="replace"))
         target.buffer.flush()
+
+    def _is_terminal(self, stream: str, target: Any) -> bool:
+        if stream not in self._terminals:
+            try:
+                self._terminals[stream] = target.isatty()
+            except (ValueError, OSError):
+                self._terminals[stream] = False
+        return self._terminals[stream]
 
     def note(self, text: str) -> None:
         sys.stdout.flush()

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 HISTORY_FILE = "~/.ocho_history"
+# Lines the shell handles itself, never sent to the portal.
+LOCAL_COMMANDS = ("exit", "quit", "clear")
 HISTORY_LENGTH = 2000
 
 
@@ -62,6 +64,9 @@ def shell(options: Options, terminal: Terminal) -> int:
                 continue
             if words[0] in ("exit", "quit"):
                 break
+            if words == ["clear"]:
+                clear_screen()
+                continue
             status = run_shell_line(options, words, terminal)
     finally:
         try:
@@ -69,6 +74,12 @@ def shell(options: Options, terminal: Terminal) -> int:
         except OSError:
             pass
     return status
+
+
+def clear_screen() -> None:
+    """`clear` stays local, as in any shell: the portal has no business with it."""
+    sys.stdout.write("\x1b[H\x1b[2J")
+    sys.stdout.flush()
 
 
 def run_shell_line(options: Options, words: list[str], terminal: Terminal) -> int:
@@ -104,7 +115,7 @@ def _completer(options: Options) -> Callable[[str, int], str | None]:
                 tool_names.extend(t["name"] for t in options.gateway().get("/tools")["tools"])
             except CliError:
                 pass
-        return sorted(w for w in {*SUBCOMMANDS, "exit", *tool_names} if w.startswith(text))
+        return sorted(w for w in {*SUBCOMMANDS, *LOCAL_COMMANDS, *tool_names} if w.startswith(text))
 
     def complete(text: str, index: int) -> str | None:
         found = candidates(text)

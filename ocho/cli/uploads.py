@@ -1,7 +1,10 @@
 """Local files named in a command line, uploaded with the job under their base names.
 
 Invariant: an argument is rewritten only when it names an existing local file
-(or a pattern matching some); the job sees each upload by its base name.
+(or a pattern matching some); the job sees each upload by its base name. A word
+that looks like a file (a definition's suffix, or a path under an existing
+directory) but is not one is refused before anything is sent, never passed on
+silently as text (--no-upload sends every word as text).
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ from __future__ import annotations
 import os
 
 from ocho.cli.errors import refused
+
+# Words ending so are meant as files: a definition, overrides, a data file.
+FILE_SUFFIXES = (".yml", ".yaml", ".json")
+# Where the repository keeps its example definitions: worth a hint.
+HINT_DIRS = ("definitions",)
 
 
 def is_uploadable_name(name: str) -> bool:
@@ -81,4 +89,23 @@ def _rewrite_value(value: str, uploads: Uploads) -> str:
                 uploads.add(path)
             # The tool runs where the uploads are: the pattern's file part finds them there.
             return os.path.basename(value)
+    if looks_like_a_file(value):
+        raise refused(missing_file_message(value))
     return value
+
+
+def looks_like_a_file(value: str) -> bool:
+    """A word meant as a local file that is not there (existing paths are not)."""
+    if not value or has_glob(value) or value.startswith("-") or os.path.exists(value):
+        return False
+    if value.lower().endswith(FILE_SUFFIXES):
+        return True
+    parent = os.path.dirname(value)
+    return bool(parent) and os.path.isdir(parent)
+
+
+def missing_file_message(value: str) -> str:
+    hints = [os.path.join(d, value) for d in HINT_DIRS if os.path.isfile(os.path.join(d, value))]
+    hint = f" (did you mean {hints[0]}?)" if hints else ""
+    return (f"{value}: no such local file{hint}; nothing was sent. To pass the word to the "
+            "tool as text, use --no-upload")

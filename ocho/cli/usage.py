@@ -8,6 +8,7 @@ usage: ocho [OPTIONS] TOOL [ARGS...]      run a tool, print its output live
        ocho output ID [--follow]
        ocho cancel ID [--no-wait]
        ocho help [TOOL]                   the tools there are, or one tool's options
+       ocho completion bash|zsh|fish      shell completion (source <(ocho completion bash))
        ocho                               an interactive shell (on a terminal)
 
 Run a tool:  ocho deploy zookeeper.yml -p 3      ocho log 'zoo*'
@@ -23,12 +24,15 @@ Run a tool:  ocho deploy zookeeper.yml -p 3      ocho log 'zoo*'
   - directories are never uploaded, nor files named with a leading '.' (ocho
     refuses those rather than send a name the tool cannot open); --no-upload
     sends every argument as plain text.
-  The tool's stdout goes to stdout and its stderr to stderr as it runs; ocho's
-  own notes go to stderr. Ctrl-C asks whether to cancel the job (y) or leave it
+  - a word that looks like a file (*.yml, *.yaml, *.json, or a path in an
+    existing directory) but is not one is refused: nothing is sent;
+  The tool's stdout goes to stdout and its stderr to stderr as it runs (on a
+  terminal, control characters show as \\x1b and the like); ocho's own notes
+  go to stderr. Ctrl-C asks whether to cancel the job (y) or leave it
   running and detach (n).
 
 Commands take precedence over tools: a tool named like a command (run, jobs,
-status, output, cancel, help) runs as `ocho run NAME ...`.
+status, output, cancel, help, completion) runs as `ocho run NAME ...`.
 
 options (before TOOL or the command):
   --url URL          the gateway (OCHO_URL, default http://127.0.0.1:9000)
@@ -61,5 +65,6 @@ Type a command line as you would after `ocho`:
   run TOOL ARGS...    run a tool named like a command
   jobs | status ID | output ID [--follow] | cancel ID
   help [TOOL]         the tools, or one tool's options
-  exit                leave (or Ctrl-D)
+  clear               clear the screen
+  exit, quit          leave (or Ctrl-D)
 """

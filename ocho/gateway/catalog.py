@@ -57,7 +57,9 @@ class ToolCatalog:
 
     def summary(self, name: str) -> str:
         path = self.path(name)
-        return self._cached(self._summaries, name, path, lambda: _first_doc_line(path))
+        text = self._cached(self._summaries, name, path, lambda: _first_doc_line(path))
+        # "deploy: one ReplicationController…" is listed next to its name already.
+        return text[len(name) + 1:].lstrip() if text.startswith(f"{name}:") else text
 
     def help(self, name: str) -> str:
         path = self.path(name)
