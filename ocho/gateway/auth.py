@@ -24,6 +24,8 @@ from flask import Flask, Request, request
 from werkzeug.exceptions import Unauthorized
 
 OPEN = {("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/"), ("HEAD", "/")}
+# The page's script, style sheet and icon: static, no data (ocho.gateway.web).
+OPEN |= {("GET", "/static/shell.js"), ("GET", "/static/shell.css"), ("GET", "/favicon.ico")}
 SHELL_PATH = "/shell"
 SIGNATURE_HEADER = "X-Signature"
 SIGNATURE_PREFIX = "sha256="

@@ -145,7 +145,7 @@ COMPONENTS = {
     "ShellError": schemas.ShellErrorSchema,
 }
 
-OPEN_OPERATIONS = {("GET", "/healthz"), ("GET", "/")}
+OPEN_OPERATIONS = {("GET", "/healthz"), ("GET", "/"), ("GET", "/favicon.ico")}
 
 
 # -- building blocks ----------------------------------------------------------------------
@@ -471,6 +471,16 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "responses": {"200": {"description": "OpenAPI 3.1.",
                                       "content": {"application/json": {
                                           "schema": {"type": "object"}}}}},
+            },
+        },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The web page's icon (SVG)",
+                "operationId": "favicon",
+                "tags": ["shell"],
+                "responses": {"200": {"description": "The icon.",
+                                      "content": {"image/svg+xml": {
+                                          "schema": {"type": "string"}}}}},
             },
         },
         "/": {
