@@ -359,10 +359,11 @@ def test_the_original_cli_when_the_slots_are_full(stack: Stack, tmp_path: Path) 
     assert "too many calls are waiting on this gateway" in out
 
 
-def test_the_original_cli_against_tokens_and_caps(tmp_path: Path, amqp_url: str) -> None:
+def test_the_original_cli_against_tokens_and_caps(tmp_path: Path, fresh_amqp_url: str) -> None:
     """It can send no token and knows no caps: it prints why, and goes on."""
     (tmp_path / "big.txt").write_bytes(b"x" * 5000)
-    gateway = Stack(tmp_path, amqp_url, tokens=TOKEN, max_request_bytes=2000)
+    # A vhost of its own: a second recorder must not take the module stack's events.
+    gateway = Stack(tmp_path, fresh_amqp_url, tokens=TOKEN, max_request_bytes=2000)
     gateway.start_gateway()
     try:
         out = original_cli(f"127.0.0.1:{gateway.port}", ["help", "cat big.txt"], tmp_path)

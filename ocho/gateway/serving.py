@@ -32,7 +32,7 @@ class JsonErrorTask(ErrorTask):
         else:
             message = f"{error.reason.lower()}: {error.body}"
         answer: dict[str, Any] = {"error": message}
-        if self.request.path == "/shell":
+        if getattr(self.request, "path", None) == "/shell":  # unset when unparsable
             # The original CLI reads `out` from every answer (see ocho.gateway.shell).
             answer.update(ok=False, ms=0, out=message + "\n")
         body = json.dumps(answer).encode()
