@@ -1,4 +1,5 @@
 #! /usr/bin/env python
+# ruff: noqa - Python 2.7 code in the original's style, on purpose (see below).
 """A stand-in for the original ochonetes CLI (autodesk-cloud/ochonetes, cli.py, 2015),
 written from its wire behaviour to test that the portal still serves it.
 
@@ -14,8 +15,8 @@ original could only be left with Ctrl-C, and so is this one.)
 
 Two differences, neither on the wire: curl is run with an argument list instead
 of a shell string (the project runs no shell), and the proxy is HOST:PORT (the
-original appended :9000). Runs under Python 2.7 (as the original) and 3; run it with -u when its output
-is read through a pipe.
+original appended :9000). Runs under Python 2.7 (as the original) and 3; run
+it with -u when its output is read through a pipe.
 """
 from __future__ import print_function
 
