@@ -461,3 +461,12 @@ def test_completion_scripts_offer_the_catalogs_tools(stack: Stack, tmp_path: Pat
     down = subprocess.run([OCHO, "completion", "--tools"], capture_output=True, text=True,
                           timeout=30, env=cli_env(f"http://127.0.0.1:{infra.free_port()}"))
     assert (down.returncode, down.stdout, down.stderr) == (0, "", "")
+
+
+def test_piped_output_keeps_control_characters_as_they_are(stack: Stack, tmp_path: Path):
+    """Only a terminal gets escapes (see the shell test); a pipe gets the bytes."""
+    raw = b"\x1b[31mred\x1b[0m\n\xe2\x80\xaeevil\x07\n"
+    (tmp_path / "colour.txt").write_bytes(raw)
+    done = subprocess.run([OCHO, "cat", "colour.txt"], cwd=tmp_path, env=cli_env(stack.url),
+                          capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout == raw
