@@ -181,6 +181,8 @@ class StartedSchema(EventSchema):
     type = fields.Constant(STARTED)
     tool = fields.String(load_default=None, metadata={"description": "so that jobs submitted "
                          "straight over AMQP appear in the gateway's history"})
+    args = fields.List(fields.String(), load_default=None, metadata={
+        "description": "the job's arguments, so that the history keeps them too"})
     worker = fields.String(required=True)
     ts = fields.Float(required=True, metadata={"description": "unix time"})
 
@@ -209,6 +211,7 @@ class FinishedSchema(EventSchema):
     )
     reason = fields.String(allow_none=True, load_default=None)
     tool = fields.String(allow_none=True, load_default=None)
+    args = fields.List(fields.String(), allow_none=True, load_default=None)
     worker = fields.String(allow_none=True, load_default=None)
     started_ts = fields.Float(
         allow_none=True, load_default=None,

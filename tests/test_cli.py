@@ -20,7 +20,7 @@ from typing import IO
 import pytest
 import requests
 
-from ocho.cli import prepare_arguments
+from ocho.cli.uploads import prepare_arguments
 from tests import infra
 from tests.infra import Stack, wait_for
 
@@ -330,7 +330,21 @@ def test_shell_runs_lines_keeps_history_and_exits(stack: Stack, tmp_path: Path):
         assert "from the shell" in screen.expect("[exit 3]")
         screen.expect("ocho> ")
         screen.type("help\n")
-        assert re.search(r"cat\s+cat FILE", screen.expect("ocho> "))
+        listing = screen.expect("ocho> ")
+        assert re.search(r"cat\s+cat FILE", listing)
+        # The tool's name is not repeated in its summary.
+        assert re.search(r"deploy\s+one ReplicationController", listing), listing
+        # `clear` stays in the shell: it clears the screen, nothing is sent.
+        jobs_before = requests.get(f"{stack.url}/jobs", timeout=10).json()["jobs"]
+        screen.type("clear\n")
+        assert "\x1b[2J" in screen.expect("ocho> ")
+        assert requests.get(f"{stack.url}/jobs", timeout=10).json()["jobs"] == jobs_before
+        # A tool's escape sequences are shown, not obeyed, on a terminal.
+        (tmp_path / "colour.txt").write_bytes(b"\x1b[31mred\x1b]0;title\x07 \xe2\x80\xaeevil\n")
+        screen.type("cat colour.txt\n")
+        shown = screen.expect("ocho> ")
+        assert "\\x1b[31mred\\x1b]0;title\\x07 \\u202eevil" in shown, shown
+        assert "\x1b[31m" not in shown
         screen.type("exit\n")
         assert process.wait(timeout=10) == 0
     finally:
@@ -405,3 +419,54 @@ def test_files_the_job_could_not_see_are_refused_before_submitting(cwd: Path):
     assert clash.returncode == 125
     assert clash.stderr == ("ocho: two files would be uploaded as 'notes.txt' (notes.txt and "
                             "other/notes.txt); the job sees one directory, so rename one\n")
+
+
+def test_a_word_that_looks_like_a_missing_file_is_refused_with_a_hint(stack: Stack,
+                                                                     tmp_path: Path):
+    (tmp_path / "definitions").mkdir()
+    (tmp_path / "definitions" / "zookeeper.yml").write_text("cluster: zookeeper\n")
+    jobs_before = requests.get(f"{stack.url}/jobs", timeout=10).json()["jobs"]
+    missing = ocho(stack, "deploy", "zookeeper.yml", "-p", "3", cwd=tmp_path)
+    assert missing.returncode == 125
+    assert missing.stderr == (
+        "ocho: zookeeper.yml: no such local file (did you mean definitions/zookeeper.yml?); "
+        "nothing was sent. To pass the word to the tool as text, use --no-upload\n")
+    in_a_dir = ocho(stack, "cat", "definitions/redis.txt", cwd=tmp_path)
+    assert in_a_dir.returncode == 125 and "definitions/redis.txt: no such local file" \
+        in in_a_dir.stderr
+    assert requests.get(f"{stack.url}/jobs", timeout=10).json()["jobs"] == jobs_before
+    as_text = ocho(stack, "--no-upload", "args", "zookeeper.yml", cwd=tmp_path)
+    assert as_text.returncode == 0 and '"zookeeper.yml"' in as_text.stdout
+    # Words that are not meant as files still go as text: patterns, plain words.
+    assert ocho(stack, "args", "zoo*", "dev", cwd=tmp_path).returncode == 0
+
+
+def test_completion_scripts_offer_the_catalogs_tools(stack: Stack, tmp_path: Path):
+    script = ocho(stack, "completion", "bash").stdout
+    (tmp_path / "ocho.bash").write_text(script)
+    probe = ("source ocho.bash; complete() { :; }; "
+             "COMP_WORDS=(ocho de); COMP_CWORD=1; _ocho_complete; echo \"${COMPREPLY[*]}\"; "
+             "COMP_WORDS=(ocho help ca); COMP_CWORD=2; _ocho_complete; echo \"${COMPREPLY[*]}\"; "
+             "COMP_WORDS=(ocho --ur); COMP_CWORD=1; _ocho_complete; echo \"${COMPREPLY[*]}\"")
+    env = cli_env(stack.url, PATH=f"{Path(OCHO).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["bash", "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["deploy", "cat", "--url"], done.stdout
+    for shell in ("zsh", "fish"):
+        text = ocho(stack, "completion", shell).stdout
+        assert "ocho completion --tools" in text
+    names = ocho(stack, "completion", "--tools").stdout.split()
+    assert {"deploy", "grep", "cat"} <= set(names)
+    down = subprocess.run([OCHO, "completion", "--tools"], capture_output=True, text=True,
+                          timeout=30, env=cli_env(f"http://127.0.0.1:{infra.free_port()}"))
+    assert (down.returncode, down.stdout, down.stderr) == (0, "", "")
+
+
+def test_piped_output_keeps_control_characters_as_they_are(stack: Stack, tmp_path: Path):
+    """Only a terminal gets escapes (see the shell test); a pipe gets the bytes."""
+    raw = b"\x1b[31mred\x1b[0m\n\xe2\x80\xaeevil\x07\n"
+    (tmp_path / "colour.txt").write_bytes(raw)
+    done = subprocess.run([OCHO, "cat", "colour.txt"], cwd=tmp_path, env=cli_env(stack.url),
+                          capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout == raw

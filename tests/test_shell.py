@@ -5,8 +5,12 @@ with requests and with the real curl, the way old scripts call it."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -202,27 +206,44 @@ def test_an_unknown_command_answers_like_the_original(stack: Stack) -> None:
     ('cat "unbalanced', "cannot split"),
     ("cat 'x", "cannot split"),
     ("", "empty"),
-    (None, "X-Shell"),
 ])
-def test_a_line_that_cannot_be_split_is_a_400(stack: Stack, line: str | None,
-                                              message: str) -> None:
-    response = shell(stack, line)
-    assert response.status_code == 400, response.text
-    error = response.json()
-    assert error["field"] == "X-Shell"
-    assert message in error["error"]
+def test_a_line_that_cannot_be_split_is_answered_as_the_original_did(
+        stack: Stack, line: str | None, message: str) -> None:
+    """The original ran whatever came and answered 200 with ok false: so does this one,
+    with the reason in `out` (and `error`/`field`, as every error answer has)."""
+    body = answer(shell(stack, line))
+    assert body["ok"] is False and message in body["out"]
+    assert body["field"] == "X-Shell" and message in body["error"]
+    assert "id" not in body  # nothing was submitted
 
 
-def test_bad_uploads_and_parameters_are_400s_naming_the_field(stack: Stack) -> None:
+def test_bad_uploads_and_parameters_are_400s_in_the_originals_shape(stack: Stack) -> None:
     bad_name = requests.post(f"{stack.url}/shell", headers={"X-Shell": "cat x"},
                              files={".hidden": (".hidden", b"x")}, timeout=10)
     assert bad_name.status_code == 400 and bad_name.json()["field"] == "files..hidden"
-    text_field = requests.post(f"{stack.url}/shell", headers={"X-Shell": "cat x"},
-                               data={"x": "not a file"}, files={"y": ("y", b"y")}, timeout=10)
-    assert text_field.status_code == 400 and text_field.json()["field"] == "x"
-    assert "@" in text_field.json()["error"]
     bad_timeout = shell(stack, "cat x", params={"timeout": "soon"})
     assert bad_timeout.status_code == 400 and bad_timeout.json()["field"] == "timeout"
+    json_body = requests.post(f"{stack.url}/shell", headers={"X-Shell": "cat x"},
+                              json={"x": 1}, timeout=10)
+    assert json_body.status_code == 415
+    no_line = shell(stack, None)
+    assert no_line.status_code == 400 and no_line.json()["field"] == "X-Shell"
+    for response in (bad_name, bad_timeout, json_body, no_line):
+        body = response.json()
+        assert body["ok"] is False and isinstance(body["ms"], int)
+        assert body["out"] == body["error"] + "\n"
+
+
+def test_text_fields_and_url_encoded_bodies_are_ignored_as_the_original_did(
+        stack: Stack) -> None:
+    text_field = requests.post(f"{stack.url}/shell", headers={"X-Shell": "cat y"},
+                               data={"x": "not a file"}, files={"y": ("y", b"why\n")},
+                               timeout=30)
+    assert answer(text_field)["out"] == "why\n"
+    encoded = requests.post(f"{stack.url}/shell", headers={"X-Shell": "args a b"},
+                            data={"line": "ignored"}, timeout=30)
+    body = answer(encoded)
+    assert body["ok"] is True and "ignored" not in body["out"]
 
 
 def test_waiting_calls_never_take_every_server_thread(stack: Stack) -> None:
@@ -243,6 +264,7 @@ def test_waiting_calls_never_take_every_server_thread(stack: Stack) -> None:
     refused = shell(stack, "cat nothing", wait=10)
     assert refused.status_code == 503, refused.text
     assert "nothing was submitted" in refused.json()["error"]
+    assert refused.json()["out"] == refused.json()["error"] + "\n"
     assert requests.get(f"{stack.url}/healthz", timeout=5).status_code == 200
     jobs_after = len(requests.get(f"{stack.url}/jobs", params={"limit": 500},
                                   timeout=10).json()["jobs"])
@@ -261,3 +283,101 @@ def _slots_in_use(stack: Stack) -> int:
         if line.startswith("ocho_gateway_waiting_slots_in_use "):
             return int(float(line.split()[1]))
     raise AssertionError(f"no waiting slot gauge in {text}")
+
+
+# -- the original ochonetes CLI ---------------------------------------------------------------
+
+ORIGINAL_CLI = ROOT / "tests" / "clients" / "original_cli.py"
+TOKEN = "original-cli-cannot-send-this-token-0123"
+
+
+def _python2() -> list[str]:
+    """Python 2.7 as the original ran on, when this machine has it; else Python 3 (the
+    client is written for both)."""
+    env = {**os.environ, "PYENV_VERSION": os.environ.get("PYENV_VERSION", "2.7.18")}
+    python2 = shutil.which("python2")
+    if python2:
+        probe = subprocess.run([python2, "-c", "import sys; sys.exit(sys.version_info[0] != 2)"],
+                               env=env, capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return [python2]
+    return [sys.executable]
+
+
+def original_cli(proxy: str, lines: list[str], cwd: Path, timeout: float = 120) -> str:
+    """Type `lines` into the original CLI, wait for each answer, then Ctrl-C (its only way
+    out); what it printed. It must not crash."""
+    env = {**os.environ, "PYENV_VERSION": os.environ.get("PYENV_VERSION", "2.7.18"),
+           "PYTHONIOENCODING": "utf-8"}  # a UTF-8 terminal, as its users had
+    proc = subprocess.Popen([*_python2(), "-u", str(ORIGINAL_CLI), proxy], cwd=cwd, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("".join(line + "\n" for line in lines).encode())
+    proc.stdin.flush()
+    prompt, out = f"{proxy} > ".encode(), b""
+    deadline = time.monotonic() + timeout
+    try:
+        # One prompt at the start, one more after each answer.
+        while out.count(prompt) <= len(lines) and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            if ready and not chunk:
+                break
+            out += chunk
+        proc.send_signal(signal.SIGINT)
+        rest, errors = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (out + rest).decode()
+    assert proc.returncode == 0 and "internal failure" not in text, (text, errors)
+    assert text.count(prompt.decode()) == len(lines) + 1, text
+    return text
+
+
+def test_the_original_cli_prints_every_answer(stack: Stack, tmp_path: Path) -> None:
+    (tmp_path / "zookeeper.yml").write_bytes(ZOOKEEPER)
+    out = original_cli(f"127.0.0.1:{stack.port}", [
+        "help", "deploy --dry-run zookeeper.yml -p 3", "deploi zookeeper.yml", "grep 'zoo",
+        "deploy --dry-run -d zookeeper.yml"], tmp_path)
+    assert "available commands:" in out and "ReplicationController" in out
+    assert out.count("kind: ReplicationController") == 2  # both deploys, -d accepted
+    assert "unknown command 'deploi'" in out
+    assert "cannot split the command line" in out
+
+
+def test_the_original_cli_when_the_slots_are_full(stack: Stack, tmp_path: Path) -> None:
+    holders = [threading.Thread(target=lambda: shell(stack, "sleep 3")) for _ in range(SLOTS)]
+    for thread in holders:
+        thread.start()
+    infra.wait_for(lambda: _slots_in_use(stack) == SLOTS, timeout=10, what="slots taken")
+    out = original_cli(f"127.0.0.1:{stack.port}", ["cat nothing"], tmp_path)
+    for thread in holders:
+        thread.join(timeout=30)
+    assert "too many calls are waiting on this gateway" in out
+
+
+def test_the_original_cli_against_tokens_and_caps(tmp_path: Path, fresh_amqp_url: str) -> None:
+    """It can send no token and knows no caps: it prints why, and goes on."""
+    (tmp_path / "big.txt").write_bytes(b"x" * 5000)
+    # A vhost of its own: a second recorder must not take the module stack's events.
+    gateway = Stack(tmp_path, fresh_amqp_url, tokens=TOKEN, max_request_bytes=2000)
+    gateway.start_gateway()
+    try:
+        out = original_cli(f"127.0.0.1:{gateway.port}", ["help", "cat big.txt"], tmp_path)
+    finally:
+        gateway.stop()
+    assert "a token is required" in out
+    assert "larger than the limit of 2000 bytes" in out
+
+
+def test_deploy_without_a_definition_deploys_every_upload(stack: Stack) -> None:
+    body = answer(shell(stack, "deploy --dry-run -p 2",
+                        files={"zookeeper.yml": ZOOKEEPER, "redis.yaml": REDIS}))
+    assert body["ok"] is True, body["out"]
+    assert body["out"].count("kind: ReplicationController") == 2
+    assert "paugamo/k8s-ec2-zookeeper" in body["out"] and "redis:7.2" in body["out"]
+    none = answer(shell(stack, "deploy --dry-run"))
+    assert none["ok"] is False and "no DEFINITION given" in none["out"]

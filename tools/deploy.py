@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +62,7 @@ and succeeds only once every controller has all its pods running and ready.
 
 examples:
   deploy zookeeper.yml -p 3
+  deploy -p 3                 # every *.yml / *.yaml uploaded with the job
   deploy '*.yml' -n dev -o dev-overrides.yml
   deploy --dry-run kafka.yml | kubernetes-validate --strict -
 """
@@ -93,8 +96,10 @@ def pod_count(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = tool.make_parser(PROG, DESCRIPTION, EPILOG)
-    parser.add_argument("definitions", nargs="+", metavar="DEFINITION",
-                        help="container definition files; globs such as '*.yml' are expanded")
+    parser.add_argument("definitions", nargs="*", metavar="DEFINITION",
+                        help="container definition files; globs such as '*.yml' are "
+                             "expanded; none: every *.yml and *.yaml file uploaded with the "
+                             "job (in the current directory), as the original portal did")
     parser.add_argument("-p", "--pods", type=pod_count, metavar="PODS",
                         help="pods per cluster (default: the definition's `pods`, else 1)")
     parser.add_argument("-n", "--namespace", default="default", metavar="NAMESPACE",
@@ -117,7 +122,7 @@ def deploy(args: argparse.Namespace) -> int:
     env = ToolEnvironment.from_environ()
     if not is_dns1123_label(args.namespace):
         raise OchoError(f"namespace {args.namespace!r} {DNS1123_LABEL_RULE}")
-    paths, problems = expand_paths(args.definitions)
+    paths, problems = expand_paths(args.definitions or every_uploaded_definition(args.overrides))
     overrides = Overrides()
     if args.overrides:
         try:
@@ -147,6 +152,17 @@ def deploy(args: argparse.Namespace) -> int:
     if args.wait > 0:
         wait_for_pods(api, outcomes, args.wait, args.namespace)
     return report(outcomes, args, api.namespace)
+
+
+def every_uploaded_definition(overrides: str | None) -> list[str]:
+    """No DEFINITION: every *.yml/*.yaml here (the job's uploads), as the original
+    deployed `*`; the overrides file is not a definition."""
+    skip = os.path.basename(overrides) if overrides else None
+    found = sorted(set(glob.glob("*.yml") + glob.glob("*.yaml")) - {skip})
+    if not found:
+        raise OchoError("no DEFINITION given, and no *.yml or *.yaml file was uploaded with "
+                        "the job: upload one (ocho deploy zookeeper.yml) or name it")
+    return found
 
 
 def wait_for_pods(api: KubeApi, outcomes: list[Outcome], seconds: int, namespace: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import IO, Any
 
 from flask import Flask, Request
@@ -69,7 +70,8 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
         catalog=ToolCatalog(settings.tools_dir),
         sweeper=RetentionSweeper(store, settings.retention_seconds),
     )
-    app = Flask("gateway")
+    # root_path: templates and static files come from the package, never the cwd.
+    app = Flask("gateway", root_path=str(Path(__file__).resolve().parent))
     app.request_class = _Request
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,

@@ -32,6 +32,8 @@ from flask import Request
 from werkzeug.exceptions import ServiceUnavailable, Unauthorized
 
 OPEN = {("GET", "/healthz"), ("HEAD", "/healthz"), ("GET", "/"), ("HEAD", "/")}
+# The page's script, style sheet and icon: static, no data (ocho.gateway.web).
+OPEN |= {("GET", "/static/shell.js"), ("GET", "/static/shell.css"), ("GET", "/favicon.ico")}
 SHELL_PATH = "/shell"
 SIGNATURE_HEADER = "X-Signature"
 TIMESTAMP_HEADER = "X-Signature-Timestamp"

@@ -3,7 +3,9 @@ their `--help`.
 
 A tool's summary is the first line of its module docstring (read without running
 it); its help is what `python tool.py --help` prints, run without a shell and
-with a short timeout, cached until the file changes.
+with a short timeout, cached until the file changes. `help_text` is what a
+`help [TOOL]` request answers, the same over HTTP (POST /shell) and AMQP (the
+worker's built-in `help`).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ class ToolCatalog:
 
     def summary(self, name: str) -> str:
         path = self.path(name)
-        return self._cached(self._summaries, name, path, lambda: _first_doc_line(path))
+        text = self._cached(self._summaries, name, path, lambda: _first_doc_line(path))
+        # "deploy: one ReplicationController…" is listed next to its name already.
+        return text[len(name) + 1:].lstrip() if text.startswith(f"{name}:") else text
 
     def help(self, name: str) -> str:
         path = self.path(name)
@@ -101,3 +105,36 @@ def _run_help(name: str, path: Path) -> str:
         raise OchoError(f"`{name} --help` failed with exit code {done.returncode}: "
                         f"{text.strip()[-500:]}")
     return text
+
+
+def help_text(catalog: ToolCatalog, names: list[str]) -> tuple[bool, str]:
+    """What `help [TOOL]` answers: (ok, text)."""
+    if not names:
+        tools = catalog.names()
+        if not tools:
+            return True, f"no tools are installed in {catalog.tools_dir}\n"
+        width = max(len(name) for name in tools)
+        lines = ["available commands:"]
+        lines += [f"  {name:<{width}}  {_summary(catalog, name)}".rstrip() for name in tools]
+        lines.append("`help TOOL` shows a tool's options.")
+        return True, "\n".join(lines) + "\n"
+    if len(names) > 1:
+        return False, "usage: help [TOOL]\n"
+    try:
+        return True, catalog.help(names[0])
+    except UnknownTool as exc:
+        return False, unknown_command(exc.tool, exc.known)
+    except OchoError as exc:
+        return False, f"{exc}\n"
+
+
+def unknown_command(tool: str, known: list[str]) -> str:
+    listing = ", ".join(known) if known else "none installed"
+    return f"unknown command {tool!r} (available commands -> {listing})\n"
+
+
+def _summary(catalog: ToolCatalog, name: str) -> str:
+    try:
+        return catalog.summary(name)
+    except OchoError:
+        return ""

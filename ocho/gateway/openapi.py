@@ -44,8 +44,6 @@ _WS = r"[ \t\r\n]"
 # characters, 'single-quoted' or "double-quoted" parts and backslash escapes.
 _WORD = r"""(?:[^ \t\r\n'"\\\u0000]|\\[^\u0000]|'[^'\u0000]*'|"(?:[^"\\\u0000]|\\[^\u0000])*")+"""
 LINE_PATTERN = rf"^{_WS}*(?:TOOLS)(?:{_WS}+{_WORD})*{_WS}*$"
-# POST /shell takes any command (an unknown one is answered `ok: false`).
-SHELL_LINE_PATTERN = rf"^{_WS}*{_WORD}(?:{_WS}+{_WORD})*{_WS}*$"
 # A JSON list of strings (written without \u escapes).
 _JSON_STRING = r'"(?:[^"\\\u0000-\u001f]|\\["\\/bfnrt])*"'
 ARGS_PATTERN = (rf"^{_WS}*\[{_WS}*(?:{_JSON_STRING}(?:{_WS}*,{_WS}*{_JSON_STRING})*)?"
@@ -126,7 +124,8 @@ def _require_credentials(paths: dict[str, dict[str, Any]]) -> None:
                 continue
             if path == "/shell":
                 operation["security"] = [{"bearerAuth": []}, {"shellSignature": []}]
-            operation["responses"]["401"] = _error(
+            operation["responses"]["401"] = _json(
+                "ShellError" if path == "/shell" else "Error",
                 "No credential, or not a valid one (`WWW-Authenticate: Bearer`).")
 
 
@@ -145,9 +144,10 @@ COMPONENTS = {
     "Health": schemas.HealthSchema,
     "Readiness": schemas.ReadinessSchema,
     "Error": schemas.ErrorSchema,
+    "ShellError": schemas.ShellErrorSchema,
 }
 
-OPEN_OPERATIONS = {("GET", "/healthz"), ("GET", "/")}
+OPEN_OPERATIONS = {("GET", "/healthz"), ("GET", "/"), ("GET", "/favicon.ico")}
 
 
 # -- building blocks ----------------------------------------------------------------------
@@ -393,12 +393,15 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                     "would, never run by one); each multipart part is a file named by its "
                     "field, as `curl -F redis.yml=@redis.yml` sends it. The call blocks until "
                     "the job ends; the job is in GET /jobs too. `help` lists the tools, "
-                    "`help TOOL` shows a tool's options. An unknown command is `ok: false` "
-                    "with the commands there are in `out`, as the original answered."),
+                    "`help TOOL` shows a tool's options. An unknown command, or a line that "
+                    "cannot be split, is `ok: false` with the reason in `out`, as the original "
+                    "answered; every error answer of this call also has `ok`, `ms` and `out`."),
                 "tags": ["shell"],
                 "parameters": [
                     {"in": "header", "name": LINE_HEADER, "required": True,
-                     "schema": {"type": "string", "pattern": SHELL_LINE_PATTERN},
+                     # Any line is answered 200 (an unknown command, or one that cannot
+                     # be split: ok false), as the original did.
+                     "schema": {"type": "string"},
                      "example": "deploy redis.yml -p 3",
                      "description": "the command line"},
                     {"in": "header", "name": "X-Correlation-Id", "required": False,
@@ -412,11 +415,13 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "responses": {
                     "200": _json("ShellResult", "The command ended (or could not be run: "
                                  "`ok` is false)."),
-                    "400": BAD_REQUEST,
-                    "413": TOO_LARGE,
-                    "415": _error("A body that is not multipart/form-data."),
-                    "503": _error("Every waiting slot is taken, or the broker is "
-                                  "unreachable; nothing was submitted."),
+                    # Errors also carry ok/ms/out: the original CLI reads `out`.
+                    "400": _json("ShellError", "No X-Shell header, a bad upload or timeout."),
+                    "413": _json("ShellError", TOO_LARGE["description"]),
+                    "415": _json("ShellError", "A body that is neither multipart/form-data "
+                                 "nor url-encoded (which is ignored)."),
+                    "503": _json("ShellError", "Every waiting slot is taken, or the broker "
+                                 "is unreachable; nothing was submitted."),
                 },
             },
         },
@@ -477,6 +482,16 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "responses": {"200": {"description": "OpenAPI 3.1.",
                                       "content": {"application/json": {
                                           "schema": {"type": "object"}}}}},
+            },
+        },
+        "/favicon.ico": {
+            "get": {
+                "summary": "The web page's icon (SVG)",
+                "operationId": "favicon",
+                "tags": ["shell"],
+                "responses": {"200": {"description": "The icon.",
+                                      "content": {"image/svg+xml": {
+                                          "schema": {"type": "string"}}}}},
             },
         },
         "/": {
@@ -544,5 +559,6 @@ def _refine(doc: dict[str, Any], settings: Any, tools: list[str]) -> None:
             f"a file for the job's directory, named by its part's field name (`curl -F "
             f"redis.yml=@redis.yml`): send up to {settings.max_files} file parts, each under "
             f"its own name")},
-        "additionalProperties": False,
+        # Parts that are not files are ignored, as the original ignored them.
+        "additionalProperties": True,
     }

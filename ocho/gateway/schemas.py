@@ -123,6 +123,9 @@ class ShellResultSchema(Schema):
                           metadata={"description": "the job's state (absent for `help`)"})
     exit_code = fields.Integer(allow_none=True,
                                metadata={"description": "the tool's exit code"})
+    error = fields.String(metadata={
+        "description": "a line that could not be run (missing, empty, unbalanced quote): why"})
+    field = fields.String(metadata={"description": "with `error`: `X-Shell`"})
 
 
 class ToolSchema(Schema):
@@ -161,6 +164,14 @@ class ErrorSchema(Schema):
         "description": "the request field, parameter or header that is wrong"})
     tools = fields.List(fields.String(), metadata={
         "description": "for an unknown tool: the tools there are"})
+
+
+class ShellErrorSchema(ErrorSchema):
+    """POST /shell's error answers: the error, in the original's shape too."""
+
+    ok = fields.Boolean(required=True, metadata={"description": "always false"})
+    ms = fields.Integer(required=True, metadata={"description": "milliseconds the call took"})
+    out = _text("the error, as a line: what the original CLI prints")
 
 
 # -- requests -------------------------------------------------------------------------------

@@ -72,7 +72,11 @@ class JsonErrorTask(ErrorTask):
                        "(OCHO_MAX_REQUEST_BYTES); send fewer or smaller files")
         else:
             message = f"{error.reason.lower()}: {error.body}"
-        body = json.dumps({"error": message}).encode()
+        answer: dict[str, Any] = {"error": message}
+        if getattr(self.request, "path", None) == "/shell":  # unset when unparsable
+            # The original CLI reads `out` from every answer (see ocho.gateway.shell).
+            answer.update(ok=False, ms=0, out=message + "\n")
+        body = json.dumps(answer).encode()
         self.status = f"{error.code} {error.reason}"
         self.response_headers.append(("Content-Type", "application/json"))
         self.set_close_on_finish()

@@ -9,8 +9,17 @@ original saved them. The job is submitted exactly as POST /jobs submits one (it
 is in GET /jobs too), and the call blocks until it ends: `ok` is true only if it
 succeeded, `out` is its combined output with the portal's notes, `ms` what the
 call took. As with the original, a command that does not exist is an answer,
-not an error: `ok: false` and an `out` listing the commands there are. A line
-that cannot be split, a bad upload or a bad `timeout` is a 400 (JSON error).
+not an error: `ok: false` and an `out` listing the commands there are; so is a
+line that cannot be split (or is empty): `200`, `ok: false`, the
+reason in `out` (and in `error`/`field`, as every error answer has them).
+
+Every answer, error or not, carries `ok`, `ms` and `out` (invariant): the
+original CLI does `json.loads(answer)['out']` on whatever comes back, so a 400
+(bad upload, bad `timeout`), 401, 413, 415 or 503 keeps its status code and its
+`error`/`field`, and has `ok: false` and the error text in `out` too
+(`shaped`, run after every /shell request, auth's refusals included). As the
+original did, form fields that are not files and url-encoded bodies are
+ignored (one log line says so).
 
 `help` is answered by the gateway itself: the tools and their summaries, or with
 a tool's name, its --help.
@@ -30,12 +39,12 @@ import shlex
 import time
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
 
-from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRejected, UnknownTool
+from ocho.errors import BrokerUnavailable, InvalidRequest, PublishRejected, UnknownTool
 from ocho.gateway import auth, metrics
-from ocho.gateway.catalog import ToolCatalog
+from ocho.gateway.catalog import help_text, unknown_command
 from ocho.gateway.handoff import submit_job
 from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg
 from ocho.gateway.schemas import SHELL_RESULT
@@ -59,23 +68,41 @@ HELP = "help"
 # Past the job's own time limit and kill grace: room for the last events to arrive.
 MARGIN_S = 10.0
 EXAMPLE = "curl -X POST -H 'X-Shell: ls' http://HOST:9000/shell"
+# Bodies the original read files from (multipart), or ignored (no body, url-encoded).
+IGNORED_BODIES = ("", "multipart/form-data", "application/x-www-form-urlencoded")
+
+
+@blueprint.after_request
+def shaped(response: Response) -> Response:
+    """Give an error answer the original's shape too: `ok: false`, `ms`, `out`."""
+    if response.status_code == 200 or response.mimetype != "application/json":
+        return response
+    body = response.get_json(silent=True)
+    if not isinstance(body, dict) or "out" in body:
+        return response
+    began = g.get("shell_began", time.monotonic())
+    error = str(body.get("error") or response.status)
+    body.update(ok=False, ms=int((time.monotonic() - began) * 1000), out=error + "\n")
+    response.set_data(jsonify(body).get_data())
+    return response
 
 
 @blueprint.post("/shell")
 def shell() -> Response:
-    began = time.monotonic()
+    began = g.shell_began = time.monotonic()
     portal = services()
     # Everything about the request is checked before anything is answered, `help` too.
-    words = split_line(read_line())
-    if request.mimetype not in ("", "multipart/form-data") and _has_body():
+    line = read_line()  # no X-Shell header at all: a 400 (in the original's shape)
+    try:
+        words = split_line(line)
+    except InvalidRequest as exc:
+        return _refused_line(began, exc)
+    if request.mimetype not in IGNORED_BODIES and _has_body():
         raise UnsupportedMediaType("send files as multipart/form-data (curl -F name=@file), "
                                    "or no body")
     timeout = _timeout()
     check_correlation_id(request.headers.get(CORRELATION_HEADER), CORRELATION_HEADER)
-    for name in request.form:
-        raise InvalidRequest(f"form field {name!r} is not a file: send each file as "
-                             f"-F '{name}=@PATH' (the field's name is the file's name)",
-                             field=name)
+    _ignore_text_fields()
     if words[0] == HELP:
         ok, out = help_text(portal.catalog, words[1:])
         return _answer(began, ok, out)
@@ -126,37 +153,20 @@ def split_line(line: str) -> list[str]:
     return words
 
 
-def help_text(catalog: ToolCatalog, names: list[str]) -> tuple[bool, str]:
-    """What `help [TOOL]` answers: (ok, text)."""
-    if not names:
-        tools = catalog.names()
-        if not tools:
-            return True, f"no tools are installed in {catalog.tools_dir}\n"
-        width = max(len(name) for name in tools)
-        lines = ["available commands:"]
-        lines += [f"  {name:<{width}}  {_summary(catalog, name)}".rstrip() for name in tools]
-        lines.append("`help TOOL` shows a tool's options.")
-        return True, "\n".join(lines) + "\n"
-    if len(names) > 1:
-        return False, "usage: help [TOOL]\n"
-    try:
-        return True, catalog.help(names[0])
-    except UnknownTool as exc:
-        return False, unknown_command(exc.tool, exc.known)
-    except OchoError as exc:
-        return False, f"{exc}\n"
+def _refused_line(began: float, exc: InvalidRequest) -> Response:
+    """A line that cannot be run is an answer, as the original gave it: 200, ok false."""
+    body = SHELL_RESULT.dump({"ok": False, "ms": int((time.monotonic() - began) * 1000),
+                              "out": f"{exc}\n"})
+    body.update(error=str(exc), field=exc.field)
+    return jsonify(body)
 
 
-def unknown_command(tool: str, known: list[str]) -> str:
-    listing = ", ".join(known) if known else "none installed"
-    return f"unknown command {tool!r} (available commands -> {listing})\n"
-
-
-def _summary(catalog: ToolCatalog, name: str) -> str:
-    try:
-        return catalog.summary(name)
-    except OchoError:
-        return ""
+def _ignore_text_fields() -> None:
+    """The original saved only files; a text field is dropped, as it was there."""
+    names = sorted(request.form)
+    if names:
+        log.info("POST /shell: ignored form field(s) that are not files: %s",
+                 ", ".join(repr(name) for name in names))
 
 
 def _has_body() -> bool:

@@ -2,7 +2,9 @@
 
 A tool ends with exit code 0 on success and non-zero with ONE line saying why
 on failure, never a traceback: on stderr for people, or as `{"ok": false,
-"error": ...}` on stdout with -j for machines.
+"error": ...}` on stdout with -j for machines. With -d/--debug (as the original
+tools took it) stderr also gets debug log lines (the Kubernetes calls made) and
+an internal error's traceback; stdout is the same either way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def make_parser(prog: str, description: str, epilog: str = "") -> ToolArgumentPa
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-j", "--json", action="store_true",
                         help="print one JSON document (for machines) instead of text")
+    parser.add_argument("-d", "--debug", action="store_true",
+                        help="more detail on stderr: debug log lines, an internal error's "
+                             "traceback")
     parser.add_argument("--k8s-namespace", metavar="NS",
                         help="Kubernetes namespace to work in (default: $OCHO_K8S_NAMESPACE, "
                              "else the kubeconfig context's, else 'default')")
@@ -43,7 +48,16 @@ def main(argv: list[str] | None, parser: argparse.ArgumentParser,
          body: Callable[[argparse.Namespace], int]) -> int:
     """A tool's whole life: parse its arguments, run its body, end as `run` says."""
     args = parser.parse_args(argv)
+    if getattr(args, "debug", False):
+        _debug_to_stderr()
     return run(lambda: body(args), prog=parser.prog, json_output=args.json)
+
+
+def _debug_to_stderr() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run(body: Callable[[], int], *, prog: str, json_output: bool) -> int:
@@ -57,8 +71,19 @@ def run(body: Callable[[], int], *, prog: str, json_output: bool) -> int:
     except BrokenPipeError:
         return EXIT_FAILED  # whoever read our output went away; nothing to tell them
     except Exception as exc:  # noqa: BLE001 - a person gets one line, not a traceback
+        if logging_debug():
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
         return fail(f"internal error ({type(exc).__name__}): {exc}", prog=prog,
                     json_output=json_output, code=EXIT_INTERNAL)
+
+
+def logging_debug() -> bool:
+    """-d/--debug was given (it set the root logger to DEBUG)."""
+    import logging
+
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def fail(message: str, *, prog: str, json_output: bool, code: int = EXIT_FAILED) -> int:

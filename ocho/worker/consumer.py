@@ -46,7 +46,7 @@ from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describ
 from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.message import shown
 from ocho.settings import Settings
-from ocho.worker import runner
+from ocho.worker import builtins, runner
 from ocho.worker.limits import ProcessCounter
 from ocho.worker.liveness import LivenessFile
 from ocho.worker.metrics import WorkerMetrics
@@ -450,6 +450,9 @@ class Worker:
             self._finish(delivery, job, runner.Outcome(message.CANCELLED, None, 0, False, 0,
                                                        reason="cancelled before it started"))
             return
+        if job.tool in builtins.NAMES:
+            self._finish(delivery, job, builtins.answer(self.settings.tools_dir, job.args))
+            return
         control = self._control_for(job, delivery)
         reported = False
 
@@ -514,7 +517,8 @@ class Worker:
 
         def on_running(started_ts: float) -> None:
             self._publish(delivery, {"type": message.STARTED, "id": job.id, "tool": job.tool,
-                                     "attempt": job.attempt, "worker": self.name,
+                                     "args": job.args, "attempt": job.attempt,
+                                     "worker": self.name,
                                      "ts": started_ts})
 
         return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running,
@@ -537,7 +541,8 @@ class Worker:
                                  f"tool {request['tool']!r}: publish with routing key = tool",
                                  field="routing_key")
         files = self._files(request)
-        if runner.tool_path(self.settings, request["tool"]) is None:
+        if request["tool"] not in builtins.NAMES and \
+                runner.tool_path(self.settings, request["tool"]) is None:
             raise InvalidRequest(f"unknown tool {request['tool']!r}", field="tool")
         if self._is_copy_of_running(request["id"], delivery):
             return None
@@ -582,8 +587,8 @@ class Worker:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
                  outcome.ms, " (output truncated)" if outcome.truncated else "")
         self.metrics.job_finished(job.tool, outcome.state, outcome.ms)
-        self._publish(delivery, _finished_event(job.id, job.tool, delivery.attempt, outcome,
-                                                self.name), then_ack=True)
+        event = _finished_event(job.id, job.tool, delivery.attempt, outcome, self.name)
+        self._publish(delivery, {**event, "args": job.args}, then_ack=True)
 
     def _reject(self, delivery: Delivery, job_id: str | None, reason: str,
                 tool: str | None = None) -> None:
@@ -694,7 +699,8 @@ class Worker:
 
 def _finished_event(job_id: str | None, tool: str | None, attempt: int, outcome: runner.Outcome,
                     worker: str) -> dict[str, Any]:
-    return {"type": message.FINISHED, "id": job_id, "tool": tool, "attempt": attempt,
+    return {"type": message.FINISHED, "id": job_id, "tool": tool, "args": None,
+            "attempt": attempt,
             "state": outcome.state, "exit_code": outcome.exit_code, "ms": outcome.ms,
             "truncated": outcome.truncated, "output_bytes": outcome.output_bytes,
             "reason": outcome.reason, "worker": worker, "started_ts": outcome.started_ts,

@@ -23,6 +23,7 @@ whether the job changed. `self.job` is the snapshot the next rule sees.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import TYPE_CHECKING, Any
 
 from ocho.gateway.store.output import NOTICE_ROOM, utf8_prefix
@@ -65,7 +66,7 @@ class JobRecord:
 
     def apply(self, event: dict[str, Any], ts: float) -> bool:
         """Apply a started/output/finished event (as loaded by ocho.message.load_event)."""
-        changed = self._learn_tool(event.get("tool"))
+        changed = self._learn_request(event.get("tool"), event.get("args"))
         attempt = int(event["attempt"])
         if attempt < self.job.attempt:
             return changed  # an event of a run that was superseded by a redelivery
@@ -85,12 +86,19 @@ class JobRecord:
             return self.finish(event, ts) or changed
         return changed
 
-    def _learn_tool(self, tool: Any) -> bool:
-        """A job created by an event before its request was seen gets its tool later."""
+    def _learn_request(self, tool: Any, args: Any) -> bool:
+        """A job created by an event before its request was seen (submitted over AMQP)
+        gets its tool and arguments from the events that carry them."""
+        changed = False
         if self.job.tool is None and tool:
             self._set(tool=text(tool))
-            return True
-        return False
+            changed = True
+        if not self.job.args and isinstance(args, list) and args:
+            learned = [text(arg) or "" for arg in args]
+            self.tx.update(self.job.id, args=json.dumps(learned))
+            self.job = dataclasses.replace(self.job, args=learned)
+            changed = True
+        return changed
 
     def begin_attempt(self, attempt: int) -> None:
         """A new run replaces the stored output of the previous one."""

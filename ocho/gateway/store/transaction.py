@@ -119,7 +119,9 @@ class StoreTransaction:
         """Apply a started/output/finished event; True if the job changed. Events for a job
         the store never saw (submitted straight over AMQP) create it."""
         ts = float(event.get("ts") or time.time())
+        args = event.get("args")  # started/finished: a job submitted over AMQP keeps them
         inserted = self.insert_job(str(event["id"]), tool=event.get("tool"), created_at=ts,
+                                   args=args if isinstance(args, list) else None,
                                    digest=event.get("digest"))
         record = self.record(str(event["id"]))
         if not record.job.is_request(event.get("digest")):
