@@ -79,8 +79,8 @@ def test_amqp_url_is_a_list_separated_by_semicolons():
 def test_secrets_are_hidden_in_repr_and_errors():
     shown = repr(settings(amqp_url="amqp://ocho:brokerpw@rabbit:5672/%2F",
                           database_url="postgresql://ocho:dbpw@db/ocho",
-                          tokens="tok-one,tok-two", k8s_token="k8s-secret"))
-    for secret in ("brokerpw", "dbpw", "tok-one", "tok-two", "k8s-secret"):
+                          tokens="tok-one-0123456789,tok-two-0123456789", k8s_token="k8s-secret"))
+    for secret in ("brokerpw", "dbpw", "tok-one-0123456789", "tok-two-0123456789", "k8s-secret"):
         assert secret not in shown
     assert "rabbit:5672" in shown  # the rest stays readable
     with pytest.raises(SettingsError) as caught:
