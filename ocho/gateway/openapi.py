@@ -22,9 +22,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from ocho.gateway import jobs, schemas
+from ocho.gateway import params, schemas
+from ocho.gateway.auth import LINE_HEADER, OPEN
 from ocho.gateway.services import Services, of
-from ocho.gateway.shell import LINE_HEADER
 from ocho.message import MAX_ARG_CHARS, MAX_ARGS, STATES
 
 OPENAPI_VERSION = "3.1.0"
@@ -121,7 +121,7 @@ def _require_credentials(paths: dict[str, dict[str, Any]]) -> None:
         for method, operation in operations.items():
             if method == "parameters":
                 continue
-            if (method.upper(), path) in OPEN_OPERATIONS:
+            if (method.upper(), path) in OPEN:
                 operation["security"] = []
                 continue
             if path == "/shell":
@@ -146,9 +146,6 @@ COMPONENTS = {
     "Readiness": schemas.ReadinessSchema,
     "Error": schemas.ErrorSchema,
 }
-
-OPEN_OPERATIONS = {("GET", "/healthz"), ("GET", "/")}
-
 
 # -- building blocks ----------------------------------------------------------------------
 
@@ -241,7 +238,7 @@ OUTPUT_SLICE = {
 CORRELATION_HEADER = {"type": "string", "maxLength": 255, "pattern": CORRELATION_PATTERN}
 JOB_ID = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string"},
           "description": "the job id"}
-WAIT = _query("wait", {"type": "number", "minimum": 0, "maximum": jobs.MAX_WAIT_S},
+WAIT = _query("wait", {"type": "number", "minimum": 0, "maximum": params.MAX_WAIT_S},
               "hold the answer up to this many seconds until the job ends")
 
 
@@ -300,11 +297,11 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                            explode=False),
                     _query("tool", {"type": "string"}, "only runs of this tool"),
                     _query("limit", {"type": "integer", "minimum": 1,
-                                     "maximum": jobs.MAX_PAGE}, "jobs per page"),
+                                     "maximum": params.MAX_PAGE}, "jobs per page"),
                     _query("before", {"type": "string"},
                            "the `next` of the previous page (a job id)"),
                     _query("offset", {"type": "integer", "minimum": 0,
-                                      "maximum": jobs.MAX_NUMBER}, "jobs to skip"),
+                                      "maximum": params.MAX_NUMBER}, "jobs to skip"),
                 ],
                 "responses": {"200": _json("JobPage", "A page of jobs."),
                               "400": BAD_REQUEST},
@@ -330,14 +327,14 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "tags": ["jobs"],
                 "parameters": [
                     _query("offset", {"type": "integer", "minimum": 0,
-                                      "maximum": jobs.MAX_NUMBER},
+                                      "maximum": params.MAX_NUMBER},
                            "byte offset in the combined output"),
                     _query("limit", {"type": "integer", "minimum": 4,
-                                     "maximum": jobs.MAX_NUMBER},
+                                     "maximum": params.MAX_NUMBER},
                            "at most this many bytes"),
                     WAIT | {"description": "hold the answer up to this many seconds until "
                                            "there is output past `offset` or the job ends"},
-                    _query("format", {"type": "string", "enum": list(jobs.OUTPUT_FORMATS)},
+                    _query("format", {"type": "string", "enum": list(params.OUTPUT_FORMATS)},
                            "`json` (the default), or `text`: the output itself as "
                            "text/plain, with the slice's facts in `Ocho-*` headers"),
                 ],
@@ -356,7 +353,7 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "tags": ["jobs"],
                 "parameters": [
                     _query("offset", {"type": "integer", "minimum": 0,
-                                      "maximum": jobs.MAX_NUMBER},
+                                      "maximum": params.MAX_NUMBER},
                            "start from this byte offset"),
                     {"in": "header", "name": "Last-Event-ID", "required": False,
                      "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
