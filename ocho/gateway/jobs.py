@@ -13,22 +13,22 @@ from flask import Blueprint, Response, jsonify, request
 
 from ocho.errors import InvalidRequest
 from ocho.gateway import counters, service
-from ocho.gateway.params import (
-    DEFAULT_OUTPUT_LIMIT,
-    DEFAULT_PAGE,
+from ocho.gateway.params import parse_query
+from ocho.gateway.schemas import (
+    ATTEMPT_EVENT,
+    EVENTS_QUERY,
+    JOB,
+    JOB_OUTPUT,
+    JOB_PAGE,
+    JOB_QUERY,
+    LIST_QUERY,
     MAX_NUMBER,
-    MAX_PAGE,
-    MAX_WAIT_S,
-    OUTPUT_FORMATS,
-    float_arg,
-    int_arg,
-    query_arg,
+    OUTPUT_EVENT,
+    OUTPUT_QUERY,
 )
-from ocho.gateway.schemas import ATTEMPT_EVENT, JOB, JOB_OUTPUT, JOB_PAGE, OUTPUT_EVENT
 from ocho.gateway.services import Services, services
 from ocho.gateway.store import OutputSlice
 from ocho.gateway.submission import read_submission
-from ocho.message import STATES
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    wait = float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
+    wait = parse_query(JOB_QUERY)["wait"]
     job = service.wait_until(services(), job_id, wait, lambda job: job.terminal)
     return jsonify(JOB.dump(job))
 
@@ -62,15 +62,9 @@ def get_job(job_id: str) -> Response:
 @blueprint.get("/jobs/<job_id>/output")
 def get_output(job_id: str) -> Response:
     portal = services()
-    offset = int_arg("offset", 0, 0, MAX_NUMBER)
-    limit = int_arg("limit", DEFAULT_OUTPUT_LIMIT, 4, MAX_NUMBER)
-    wait = float_arg("wait", 0.0, 0.0, MAX_WAIT_S)
-    output_format = query_arg("format") or "json"
-    if output_format not in OUTPUT_FORMATS:
-        raise InvalidRequest(f"format must be one of {', '.join(OUTPUT_FORMATS)}",
-                             field="format")
-    out = service.read_output(portal, job_id, offset, limit, wait)
-    if output_format == "text":
+    query = parse_query(OUTPUT_QUERY)
+    out = service.read_output(portal, job_id, query["offset"], query["limit"], query["wait"])
+    if query["format"] == "text":
         return _output_text(out)
     return jsonify(JOB_OUTPUT.dump(out))
 
@@ -95,7 +89,7 @@ def _output_text(out: OutputSlice) -> Response:
 def stream_events(job_id: str) -> Response:
     portal = services()
     portal.store.get_job(job_id)  # a 404 now, not an empty stream
-    offset = int_arg("offset", 0, 0, MAX_NUMBER)  # checked even when Last-Event-ID wins
+    offset = parse_query(EVENTS_QUERY)["offset"]  # checked even when Last-Event-ID wins
     last_event_id = request.headers.get("Last-Event-ID")
     if last_event_id is not None:
         try:
@@ -118,19 +112,10 @@ def cancel(job_id: str) -> tuple[Response, int]:
 
 @blueprint.get("/jobs")
 def list_jobs() -> Response:
-    raw_states = query_arg("state")
-    states = raw_states.split(",") if raw_states else []
-    for state in states:
-        if state not in STATES:
-            raise InvalidRequest(f"state {state!r} is not one of {', '.join(STATES)}",
-                                 field="state")
+    query = parse_query(LIST_QUERY)
     page = services().store.list_jobs(
-        states=states,
-        tool=query_arg("tool") or None,
-        limit=int_arg("limit", DEFAULT_PAGE, 1, MAX_PAGE),
-        before=query_arg("before") or None,
-        offset=int_arg("offset", 0, 0, MAX_NUMBER),
-    )
+        states=query["state"], tool=query["tool"], limit=query["limit"],
+        before=query["before"], offset=query["offset"])
     return jsonify(JOB_PAGE.dump(page))
 
 

@@ -22,10 +22,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from ocho.gateway import params, schemas
+from ocho.gateway import schemas
 from ocho.gateway.auth import LINE_HEADER, OPEN
 from ocho.gateway.services import Services, of
-from ocho.message import MAX_ARG_CHARS, MAX_ARGS, STATES
+from ocho.message import MAX_ARG_CHARS, MAX_ARGS
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -82,13 +82,16 @@ def document(app: Flask) -> dict[str, Any]:
 
 def build(portal: Services, tools: list[str]) -> dict[str, Any]:
     settings = portal.settings
+    marshmallow = MarshmallowPlugin()
     spec = APISpec(
         title="Ocho portal",
         version=API_VERSION,
         openapi_version=OPENAPI_VERSION,
-        plugins=[MarshmallowPlugin()],
+        plugins=[marshmallow],
         info={"description": DESCRIPTION},
     )
+    assert marshmallow.converter is not None
+    marshmallow.converter.add_parameter_attribute_function(_as_the_gateway_reads_it)
     for name, schema in COMPONENTS.items():
         spec.components.schema(name, schema=schema)
     spec.components.security_scheme("bearerAuth", {
@@ -204,10 +207,21 @@ JOB_LINKS = {
 }
 
 
-def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
-    # An empty value (`?wait=`) is taken as the parameter left out.
-    return {"in": "query", "name": name, "required": False, "schema": schema,
-            "allowEmptyValue": True, "description": description, **extra}
+def _as_the_gateway_reads_it(converter: Any, field: Any, ret: dict[str, Any],
+                             **kwargs: Any) -> dict[str, Any]:
+    """Query parameters as ocho.gateway.params reads them: an empty value (`?wait=`) is
+    the parameter left out; a list is one comma-separated value."""
+    if ret.get("in") != "query":
+        return {}
+    extra: dict[str, Any] = {"allowEmptyValue": True}
+    if isinstance(field, schemas.CommaList):
+        extra["explode"] = False
+    return extra
+
+
+def _query(schema: type[Any]) -> dict[str, Any]:
+    """The query parameters a schema of ocho.gateway.schemas declares (and reads)."""
+    return {"in": "query", "schema": schema}
 
 
 def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -238,8 +252,6 @@ OUTPUT_SLICE = {
 CORRELATION_HEADER = {"type": "string", "maxLength": 255, "pattern": CORRELATION_PATTERN}
 JOB_ID = {"in": "path", "name": "job_id", "required": True, "schema": {"type": "string"},
           "description": "the job id"}
-WAIT = _query("wait", {"type": "number", "minimum": 0, "maximum": params.MAX_WAIT_S},
-              "hold the answer up to this many seconds until the job ends")
 
 
 def _file(description: str) -> dict[str, Any]:
@@ -290,19 +302,7 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "summary": "List jobs, newest first",
                 "operationId": "listJobs",
                 "tags": ["jobs"],
-                "parameters": [
-                    _query("state", {"type": "array", "items": {"type": "string",
-                                                                "enum": list(STATES)}},
-                           "only jobs in these states, comma-separated", style="form",
-                           explode=False),
-                    _query("tool", {"type": "string"}, "only runs of this tool"),
-                    _query("limit", {"type": "integer", "minimum": 1,
-                                     "maximum": params.MAX_PAGE}, "jobs per page"),
-                    _query("before", {"type": "string"},
-                           "the `next` of the previous page (a job id)"),
-                    _query("offset", {"type": "integer", "minimum": 0,
-                                      "maximum": params.MAX_NUMBER}, "jobs to skip"),
-                ],
+                "parameters": [_query(schemas.ListQuerySchema)],
                 "responses": {"200": _json("JobPage", "A page of jobs."),
                               "400": BAD_REQUEST},
             },
@@ -313,7 +313,7 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "summary": "A job's state, exit code and timings",
                 "operationId": "getJob",
                 "tags": ["jobs"],
-                "parameters": [WAIT],
+                "parameters": [_query(schemas.JobQuerySchema)],
                 "responses": {"200": _json("Job", "The job."), "400": BAD_REQUEST,
                               "404": NOT_FOUND},
             },
@@ -325,19 +325,7 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                 "operationId": "getJobOutput",
                 "description": "Ask again with `offset=next_offset` to tail it.",
                 "tags": ["jobs"],
-                "parameters": [
-                    _query("offset", {"type": "integer", "minimum": 0,
-                                      "maximum": params.MAX_NUMBER},
-                           "byte offset in the combined output"),
-                    _query("limit", {"type": "integer", "minimum": 4,
-                                     "maximum": params.MAX_NUMBER},
-                           "at most this many bytes"),
-                    WAIT | {"description": "hold the answer up to this many seconds until "
-                                           "there is output past `offset` or the job ends"},
-                    _query("format", {"type": "string", "enum": list(params.OUTPUT_FORMATS)},
-                           "`json` (the default), or `text`: the output itself as "
-                           "text/plain, with the slice's facts in `Ocho-*` headers"),
-                ],
+                "parameters": [_query(schemas.OutputQuerySchema)],
                 "responses": {"200": OUTPUT_SLICE, "400": BAD_REQUEST, "404": NOT_FOUND},
             },
         },
@@ -352,9 +340,7 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                                "offset: reconnect with `Last-Event-ID` to resume.",
                 "tags": ["jobs"],
                 "parameters": [
-                    _query("offset", {"type": "integer", "minimum": 0,
-                                      "maximum": params.MAX_NUMBER},
-                           "start from this byte offset"),
+                    _query(schemas.EventsQuerySchema),
                     {"in": "header", "name": "Last-Event-ID", "required": False,
                      "schema": {"type": "string", "pattern": "^[0-9]{1,15}$"},
                      "description": "resume after this byte offset"},
@@ -400,8 +386,7 @@ def _paths(tools: list[str]) -> dict[str, dict[str, Any]]:
                      "description": "the command line"},
                     {"in": "header", "name": "X-Correlation-Id", "required": False,
                      "schema": CORRELATION_HEADER},
-                    _query("timeout", {"type": "integer", "minimum": 1},
-                           "the job's time limit in seconds (capped by the portal's)"),
+                    _query(schemas.ShellQuerySchema),
                 ],
                 "requestBody": {"required": False, "content": {
                     # Files, named by their fields: made in _refine.

@@ -1,29 +1,38 @@
-"""Query parameters of the HTTP API: their limits, and how one is read.
+"""Reading a request's query parameters through the schema that documents them
+(ocho.gateway.schemas; gateway.openapi makes the document's parameters from the same
+schemas).
 
-Invariants: a parameter given more than once is a 400 (which one counts would be
-a guess); an empty value (`?wait=`) is the parameter left out; a number outside
-its range is a 400 naming the parameter and the range.
+Invariants: a parameter given more than once is a 400 (which one counts would be a
+guess); an empty value (`?wait=`) is the parameter left out, so it takes the field's
+default; fields are read in the order the schema declares them, and the first wrong
+one is the 400, its message starting with the parameter's name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from typing import Any
 
 from flask import request
+from marshmallow import Schema, ValidationError, missing
 
 from ocho.errors import InvalidRequest
 
-MAX_WAIT_S = 60
-DEFAULT_OUTPUT_LIMIT = 1024 * 1024
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
-# Byte offsets and counts past this are not numbers a database column or a JavaScript
-# client holds exactly; nothing is ever that large.
-MAX_NUMBER = 2**53 - 1
-OUTPUT_FORMATS = ("json", "text")
 
-Number = TypeVar("Number", int, float)
+def parse_query(schema: Schema) -> dict[str, Any]:
+    """The query parameters `schema` declares, each parsed and checked, defaults filled."""
+    values: dict[str, Any] = {}
+    for name, field in schema.fields.items():
+        raw = query_arg(name)
+        if raw is None or raw == "":
+            default = field.load_default
+            values[name] = (None if default is missing
+                            else default() if callable(default) else default)
+            continue
+        try:
+            values[name] = field.deserialize(raw)
+        except ValidationError as exc:
+            raise InvalidRequest(f"{name} {_first(exc.messages)}", field=name) from None
+    return values
 
 
 def query_arg(name: str) -> str | None:
@@ -34,25 +43,7 @@ def query_arg(name: str) -> str | None:
     return values[0] if values else None
 
 
-def int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
-    return _number_arg(name, default, minimum, maximum, int, "a whole number", "")
-
-
-def float_arg(name: str, default: float, minimum: float, maximum: float) -> float:
-    return _number_arg(name, default, minimum, maximum, float, "a number of seconds", " seconds")
-
-
-def _number_arg(name: str, default: Number, minimum: Number, maximum: Number,
-                parse: Callable[[str], Number], kind: str, unit: str) -> Number:
-    raw = query_arg(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = parse(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be {kind}", field=name) from None
-    if not minimum <= value <= maximum:
-        style = "g" if parse is float else "d"
-        raise InvalidRequest(f"{name} must be between {minimum:{style}} and {maximum:{style}}"
-                             f"{unit}", field=name)
-    return value
+def _first(messages: Any) -> str:
+    while not isinstance(messages, str):
+        messages = next(iter(messages.values())) if isinstance(messages, dict) else messages[0]
+    return messages

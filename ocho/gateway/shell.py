@@ -37,8 +37,8 @@ from ocho.errors import BrokerUnavailable, InvalidRequest, OchoError, PublishRej
 from ocho.gateway import auth, counters, service
 from ocho.gateway.auth import LINE_HEADER
 from ocho.gateway.catalog import ToolCatalog
-from ocho.gateway.params import query_arg
-from ocho.gateway.schemas import SHELL_RESULT
+from ocho.gateway.params import parse_query
+from ocho.gateway.schemas import SHELL_QUERY, SHELL_RESULT
 from ocho.gateway.services import Services, services
 from ocho.gateway.store import Job
 from ocho.gateway.submission import (
@@ -163,17 +163,7 @@ def _has_body() -> bool:
 
 
 def _timeout() -> int | None:
-    raw = query_arg("timeout")
-    if not raw:
-        return None
-    try:
-        timeout = int(raw)
-    except ValueError:
-        timeout = 0
-    if timeout < 1:
-        raise InvalidRequest("timeout must be a whole number of seconds, at least 1",
-                             field="timeout")
-    return timeout
+    return parse_query(SHELL_QUERY)["timeout"]  # type: ignore[no-any-return]
 
 
 def _read(portal: Services, words: list[str], timeout: int | None) -> Submission:
