@@ -1,9 +1,12 @@
-"""The HTTP API's bodies as marshmallow schemas: what the handlers answer with, and
-what gateway.openapi turns into the OpenAPI document.
+"""The HTTP API as marshmallow schemas: what the handlers answer with, how they read
+query parameters and forms, and what gateway.openapi turns into the OpenAPI document.
 
-Requests are validated by ocho.message.JobRequestSchema (the one definition of a
-job request, shared with the AMQP contract); the answers are dumped through the
-schemas here, so a field the document does not describe never reaches a client.
+Invariants: one schema both reads and documents a request part (the query schemas
+through gateway.params.parse_query, JobFormSchema through gateway.submission), so
+the document cannot describe a parameter the gateway reads differently. What a
+valid job request is stays ocho.message.JobRequestSchema (the one definition,
+shared with the AMQP contract). The answers are dumped through the schemas here,
+so a field the document does not describe never reaches a client.
 """
 
 from __future__ import annotations
@@ -167,7 +170,8 @@ class ErrorSchema(Schema):
 
 
 # -- requests -------------------------------------------------------------------------------
-# How they are read is gateway/submission.py; what a valid one is, ocho.message.
+# Read by gateway/submission.py (JSON, or a form through JobFormSchema); what a valid
+# one is, ocho.message.
 
 
 class JobSubmitSchema(JobRequestSchema):
