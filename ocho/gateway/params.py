@@ -22,7 +22,7 @@ def parse_query(schema: Schema) -> dict[str, Any]:
     """The query parameters `schema` declares, each parsed and checked, defaults filled."""
     values: dict[str, Any] = {}
     for name, field in schema.fields.items():
-        raw = query_arg(name)
+        raw = _query_arg(name)
         if raw is None or raw == "":
             default = field.load_default
             values[name] = (None if default is missing
@@ -35,7 +35,7 @@ def parse_query(schema: Schema) -> dict[str, Any]:
     return values
 
 
-def query_arg(name: str) -> str | None:
+def _query_arg(name: str) -> str | None:
     """A query parameter given at most once (a repeated one is ambiguous: a 400)."""
     values = request.args.getlist(name)
     if len(values) > 1:
