@@ -50,3 +50,9 @@ class Backoff:
 
     def reset(self) -> None:
         self.delay = self._first
+
+    def step(self) -> float:
+        """The delay to wait now, for a caller that waits its own way; the next doubles."""
+        delay = self.delay
+        self.delay = min(self.delay * 2, self._most)
+        return delay

@@ -11,11 +11,11 @@ from werkzeug.formparser import FormDataParser
 from ocho.errors import InvalidRequest
 from ocho.gateway import (
     access_log,
+    counters,
     error_handlers,
     guard,
     health,
     jobs,
-    metrics,
     openapi,
     shell,
     tools,
@@ -85,7 +85,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     for blueprint in (jobs.blueprint, shell.blueprint, tools.blueprint, health.blueprint,
                       web.blueprint, openapi.blueprint):
         app.register_blueprint(blueprint)
-    metrics.install(app, portal)
+    counters.install(app, portal)
     if background:
         portal.start()
     return app

@@ -41,15 +41,10 @@ log = logging.getLogger(__name__)
 REPUBLISH_WITHIN_S = 3600.0
 
 
-def submit_job(portal: Services, submission: Submission) -> Job:
-    """The job for a validated submission, once the broker confirmed its request (POST /jobs
-    and POST /shell both submit this way)."""
-    return accept_job(portal, submission)[0]
-
-
 def accept_job(portal: Services, submission: Submission) -> tuple[Job, bool]:
-    """(job, True) for a new job, published and confirmed; (the existing job, False) for a
-    retry of the same request with the same id."""
+    """How every job is accepted (through ocho.gateway.service.submit, for POST /jobs and
+    POST /shell): (job, True) for a new job, published and confirmed; (the existing job,
+    False) for a retry of the same request with the same id."""
     request = submission.request
     job, created = portal.store.record_submission(
         request["id"], request["tool"], request["args"], timeout=request["timeout"],

@@ -1,10 +1,11 @@
-"""Liveness and readiness, for process supervisors and load balancers."""
+"""Liveness, readiness and metrics: for process supervisors, load balancers and Prometheus."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from ocho.errors import StoreUnavailable
+from ocho.gateway import counters
 from ocho.gateway.schemas import HEALTH, READINESS
 from ocho.gateway.services import services
 
@@ -39,3 +40,9 @@ def readyz() -> tuple[Response, int]:
         return jsonify(READINESS.dump({"ready": False, "error": "not ready: " + "; ".join(down),
                                        **checks})), 503
     return jsonify(READINESS.dump({"ready": True, **checks})), 200
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    """The app's counters and the portal's gauges, in Prometheus' text format."""
+    return Response(counters.of(current_app).render(), content_type=counters.CONTENT_TYPE)

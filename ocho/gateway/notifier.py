@@ -37,7 +37,8 @@ class Watch:
     def closing(self) -> bool:
         return self._notifier.closing
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Called by the notifier: the job may have changed."""
         self._changed.set()
 
 
@@ -66,14 +67,14 @@ class JobNotifier:
         with self._lock:
             woken = [w for job_id in job_ids for w in self._watches.get(job_id, ())]
         for watch in woken:
-            watch._wake()
+            watch.wake()
 
     def notify_all(self) -> None:
         """Wake every waiter to re-read the store: changes may have gone unheard."""
         with self._lock:
             woken = [w for watches in self._watches.values() for w in watches]
         for watch in woken:
-            watch._wake()
+            watch.wake()
 
     def close(self) -> None:
         """Wake every waiter so that a stopping gateway does not hold requests open."""

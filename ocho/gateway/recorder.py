@@ -111,11 +111,11 @@ class Recorder(BrokerThread):
                 changed = self._apply(batch)
                 break
             except StoreUnavailable as exc:
+                delay = backoff.step()
                 log.warning("recorder: job store unavailable (%s); keeping %d deliveries "
-                            "unacked and retrying in %.1f s", exc, len(batch), backoff.delay)
+                            "unacked and retrying in %.1f s", exc, len(batch), delay)
                 # Waiting here (not sleeping) keeps the broker's heartbeats answered.
-                self._connection.process_data_events(time_limit=backoff.delay)
-                backoff.delay = min(backoff.delay * 2, 10.0)
+                self._connection.process_data_events(time_limit=delay)
                 if self._stopping.is_set():
                     return  # unacked: the broker redelivers them to the next recorder
         # Committed: waiting requests may read it now, before the ack's round trip.

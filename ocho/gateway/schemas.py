@@ -1,19 +1,25 @@
-"""The HTTP API's bodies as marshmallow schemas: what the handlers answer with, and
-what gateway.openapi turns into the OpenAPI document.
+"""The HTTP API as marshmallow schemas: what the handlers answer with, how they read
+query parameters and forms, and what gateway.openapi turns into the OpenAPI document.
 
-Requests are validated by ocho.message.JobRequestSchema (the one definition of a
-job request, shared with the AMQP contract); the answers are dumped through the
-schemas here, so a field the document does not describe never reaches a client.
+Invariants: one schema both reads and documents a request part (the query schemas
+through gateway.params.parse_query, JobFormSchema through gateway.submission), so
+the document cannot describe a parameter the gateway reads differently. What a
+valid job request is stays ocho.message.JobRequestSchema (the one definition,
+shared with the AMQP contract). The answers are dumped through the schemas here,
+so a field the document does not describe never reaches a client.
 """
 
 from __future__ import annotations
 
+import math
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
-from ocho.message import STATES, STREAMS, JobRequestSchema
+from ocho.errors import InvalidRequest, JsonTooDeep
+from ocho.message import STATES, STREAMS, JobRequestSchema, loads_bounded
 
 
 class UnixTime(fields.DateTime):
@@ -175,7 +181,8 @@ class ShellErrorSchema(ErrorSchema):
 
 
 # -- requests -------------------------------------------------------------------------------
-# How they are read is gateway/submission.py; what a valid one is, ocho.message.
+# Read by gateway/submission.py (JSON, or a form through JobFormSchema); what a valid
+# one is, ocho.message.
 
 
 class JobSubmitSchema(JobRequestSchema):
@@ -187,20 +194,196 @@ class JobSubmitSchema(JobRequestSchema):
                        "the X-Correlation-Id header does the same"})
 
 
-class JobFormSchema(Schema):
-    """POST /jobs as a form: `line`, or `tool` and `args`; every other part is a file."""
+class CommandLine(fields.String):
+    """A command line, split like a shell would split it (never run by one): the words."""
 
-    line = fields.String(validate=validate.Length(min=1), metadata={
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+        try:
+            words = shlex.split(super()._deserialize(value, attr, data, **kwargs))
+        except ValueError as exc:
+            raise InvalidRequest(f"cannot split the command line: {exc}", field="line") from None
+        if not words:
+            raise InvalidRequest("the command line is empty; start it with a tool name",
+                                 field="line")
+        return words
+
+
+class JsonList(fields.String):
+    """A JSON list sent as one text field; its items are checked with the request."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        try:
+            items = loads_bounded(super()._deserialize(value, attr, data, **kwargs))
+        except JsonTooDeep as exc:
+            raise InvalidRequest(f"args: {exc}; send a JSON list of strings",
+                                 field="args") from None
+        except ValueError:
+            items = None
+        if not isinstance(items, list):
+            raise InvalidRequest('args must be a JSON list of strings, e.g. ["-l", "x y"]',
+                                 field="args")
+        return items
+
+
+class WholeNumberText(fields.Integer):
+    """A whole number sent as text; its range is checked with the request."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise InvalidRequest("timeout must be a whole number of seconds",
+                                 field="timeout") from None
+
+
+class JobFormSchema(Schema):
+    """POST /jobs as a form: `line`, or `tool` and `args`; every other part is a file.
+
+    Loading a form (its first value of each field) gives the job request's `tool`,
+    `args`, `timeout` and `id`, as ocho.message.load_request then checks them, and the
+    `correlation_id`; an empty `timeout` or `id` is one left out. The limits stated
+    here as metadata are the request's, checked there, once."""
+
+    line = CommandLine(validate=validate.Length(min=1), metadata={
         "description": "a command line, split like a shell would split it but never run by "
                        "one, e.g. `deploy --dry-run zookeeper.yml -p 3`"})
     tool = fields.String(metadata={"description": "instead of `line`: the tool"})
-    args = fields.String(metadata={
+    args = JsonList(metadata={
         "description": 'with `tool`: the arguments as a JSON list of strings, e.g. '
                        '["-l", "x y"]'})
-    timeout = fields.Integer(validate=validate.Range(min=1), metadata={
-        "description": "seconds; capped by the portal's maximum"})
-    id = fields.UUID(metadata={"description": "the job id; one is made if absent"})
-    correlation_id = fields.String(validate=validate.Length(max=255))
+    timeout = WholeNumberText(metadata={
+        "minimum": 1, "description": "seconds; capped by the portal's maximum"})
+    id = fields.String(metadata={"format": "uuid",
+                                 "description": "the job id; one is made if absent"})
+    correlation_id = fields.String(metadata={"maxLength": 255})
+
+    @pre_load
+    def _one_shape(self, form: dict[str, str], **_: Any) -> dict[str, str]:
+        for name in form:
+            if name not in self.fields:
+                raise InvalidRequest(f"unknown form field {name!r}; use line, or tool and "
+                                     "args, with timeout and files", field=name)
+        if "line" in form and ("tool" in form or "args" in form):
+            raise InvalidRequest("send either `line` or `tool` and `args`, not both",
+                                 field="line")
+        if "line" not in form and "tool" not in form:
+            raise InvalidRequest("send a `line` field, or `tool` and `args` fields",
+                                 field="tool")
+        return {name: value for name, value in form.items()
+                if value or name not in ("timeout", "id")}
+
+    @post_load
+    def _request(self, values: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """The job request (without files) and the correlation id, under `correlation_id`."""
+        raw: dict[str, Any] = {}
+        if "line" in values:
+            raw["tool"], raw["args"] = values["line"][0], values["line"][1:]
+        else:
+            raw["tool"] = values["tool"]
+            if "args" in values:
+                raw["args"] = values["args"]
+        raw |= {name: values[name] for name in ("timeout", "id", "correlation_id")
+                if name in values}
+        return raw
+
+
+# -- query parameters -----------------------------------------------------------------------
+# Read by ocho.gateway.params.parse_query, one field at a time in the order declared here:
+# an error message is the parameter's name followed by the field's message; a field
+# without a default is None when absent.
+
+MAX_WAIT_S = 60
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+# Byte offsets and counts past this are not numbers a database column or a JavaScript
+# client holds exactly; nothing is ever that large.
+MAX_NUMBER = 2**53 - 1
+OUTPUT_FORMATS = ("json", "text")
+
+
+class Within(validate.Range):
+    """A closed range worded as the gateway words it (`between 0 and 60 seconds`), which
+    also refuses NaN (every comparison with NaN is false, so Range lets it through)."""
+
+    def __init__(self, minimum: int, maximum: int, unit: str = "") -> None:
+        super().__init__(min=minimum, max=maximum)
+        self.unit = unit
+
+    def __call__(self, value: Any) -> Any:
+        if math.isnan(value) or not self.min <= value <= self.max:
+            raise ValidationError(f"must be between {self.min} and {self.max}{self.unit}")
+        return value
+
+
+def _count(default: int, minimum: int, maximum: int, description: str) -> fields.Integer:
+    return fields.Integer(load_default=default, validate=Within(minimum, maximum),
+                          error_messages={"invalid": "must be a whole number"},
+                          metadata={"description": description})
+
+
+def _seconds(description: str) -> fields.Float:
+    return fields.Float(load_default=0.0, allow_nan=True,
+                        validate=Within(0, MAX_WAIT_S, " seconds"),
+                        error_messages={"invalid": "must be a number of seconds"},
+                        metadata={"description": description})
+
+
+class CommaList(fields.List):
+    """Values separated by commas in one query parameter (`state=queued,running`); the
+    first value that is not valid is the error."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        return [self.inner.deserialize(item) for item in str(value).split(",")]
+
+
+class JobQuerySchema(Schema):
+    """GET /jobs/<id>."""
+
+    wait = _seconds("hold the answer up to this many seconds until the job ends")
+
+
+class OutputQuerySchema(Schema):
+    """GET /jobs/<id>/output."""
+
+    offset = _count(0, 0, MAX_NUMBER, "byte offset in the combined output")
+    limit = _count(DEFAULT_OUTPUT_LIMIT, 4, MAX_NUMBER, "at most this many bytes")
+    wait = _seconds("hold the answer up to this many seconds until there is output past "
+                    "`offset` or the job ends")
+    format = fields.String(load_default="json", validate=validate.OneOf(
+        OUTPUT_FORMATS, error="must be one of {choices}"), metadata={
+        "description": "`json` (the default), or `text`: the output itself as text/plain, "
+                       "with the slice's facts in `Ocho-*` headers"})
+
+
+class EventsQuerySchema(Schema):
+    """GET /jobs/<id>/events."""
+
+    offset = _count(0, 0, MAX_NUMBER, "start from this byte offset")
+
+
+class ListQuerySchema(Schema):
+    """GET /jobs."""
+
+    state = CommaList(fields.String(validate=validate.OneOf(
+        STATES, error="{input!r} is not one of {choices}")), load_default=list, metadata={
+        "description": "only jobs in these states, comma-separated"})
+    tool = fields.String(metadata={"description": "only runs of this tool"})
+    limit = _count(DEFAULT_PAGE, 1, MAX_PAGE, "jobs per page")
+    before = fields.String(metadata={
+        "description": "the `next` of the previous page (a job id)"})
+    offset = _count(0, 0, MAX_NUMBER, "jobs to skip")
+
+
+SHELL_TIMEOUT_ERROR = "must be a whole number of seconds, at least 1"
+
+
+class ShellQuerySchema(Schema):
+    """POST /shell."""
+
+    timeout = fields.Integer(validate=validate.Range(
+        min=1, error=SHELL_TIMEOUT_ERROR), error_messages={"invalid": SHELL_TIMEOUT_ERROR},
+        metadata={"description": "the job's time limit in seconds (capped by the portal's)"})
 
 
 JOB = JobSchema()
@@ -213,3 +396,9 @@ TOOL_LIST = ToolListSchema()
 TOOL_HELP = ToolHelpSchema()
 HEALTH = HealthSchema()
 READINESS = ReadinessSchema()
+JOB_QUERY = JobQuerySchema()
+OUTPUT_QUERY = OutputQuerySchema()
+EVENTS_QUERY = EventsQuerySchema()
+LIST_QUERY = ListQuerySchema()
+SHELL_QUERY = ShellQuerySchema()
+JOB_FORM = JobFormSchema()

@@ -40,14 +40,14 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
-from werkzeug.exceptions import ServiceUnavailable, UnsupportedMediaType
+from werkzeug.exceptions import UnsupportedMediaType
 
 from ocho.errors import BrokerUnavailable, InvalidRequest, PublishRejected, UnknownTool
-from ocho.gateway import auth, metrics
+from ocho.gateway import auth, counters, service
+from ocho.gateway.auth import LINE_HEADER
 from ocho.gateway.catalog import help_text, unknown_command
-from ocho.gateway.handoff import submit_job
-from ocho.gateway.jobs import RECHECK_S, cancel_job, query_arg
-from ocho.gateway.schemas import SHELL_RESULT
+from ocho.gateway.params import parse_query
+from ocho.gateway.schemas import SHELL_QUERY, SHELL_RESULT
 from ocho.gateway.services import Services, services
 from ocho.gateway.store import Job
 from ocho.gateway.submission import (
@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("shell", __name__)
 
-LINE_HEADER = "X-Shell"
 HELP = "help"
 # Past the job's own time limit and kill grace: room for the last events to arrive.
 MARGIN_S = 10.0
@@ -107,25 +106,24 @@ def shell() -> Response:
         ok, out = help_text(portal.catalog, words[1:])
         return _answer(began, ok, out)
     try:
-        with metrics.counting_submission("shell"):
+        with counters.counting_submission("shell"):
             submission = _read(portal, words, timeout)
-            if not portal.waiting_slots.acquire(blocking=False):
-                raise ServiceUnavailable(
-                    "too many calls are waiting on this gateway (POST /shell, long-polls, event "
-                    "streams); nothing was submitted: retry shortly, or submit with POST /jobs "
-                    "and follow GET /jobs/<id>")
+            service.take_slot(portal, busy=(
+                "too many calls are waiting on this gateway (POST /shell, long-polls, event "
+                "streams); nothing was submitted: retry shortly, or submit with POST /jobs "
+                "and follow GET /jobs/<id>"))
             try:
-                job = submit_job(portal, submission)
+                job = service.submit(portal, submission)[0]
             except BaseException:
-                portal.waiting_slots.release()
+                service.release_slot(portal)
                 raise
     except UnknownTool as exc:
         return _answer(began, False, unknown_command(exc.tool, exc.known))
     try:
         job, note = _wait(portal, job)
-        out = _output(portal, job.id) + note
+        out = service.whole_output(portal, job.id) + note
     finally:
-        portal.waiting_slots.release()
+        service.release_slot(portal)
     return _answer(began, job.state == SUCCEEDED, out, job)
 
 
@@ -175,17 +173,7 @@ def _has_body() -> bool:
 
 
 def _timeout() -> int | None:
-    raw = query_arg("timeout")
-    if not raw:
-        return None
-    try:
-        timeout = int(raw)
-    except ValueError:
-        timeout = 0
-    if timeout < 1:
-        raise InvalidRequest("timeout must be a whole number of seconds, at least 1",
-                             field="timeout")
-    return timeout
+    return parse_query(SHELL_QUERY)["timeout"]  # type: ignore[no-any-return]
 
 
 def _read(portal: Services, words: list[str], timeout: int | None) -> Submission:
@@ -205,24 +193,20 @@ def _wait(portal: Services, job: Job) -> tuple[Job, str]:
     """The job once it ended, else as it was when waiting on made no sense, with a note."""
     limit = (job.timeout or portal.settings.default_timeout) + portal.settings.kill_grace
     limit += MARGIN_S
-    deadline = time.monotonic() + limit
+    deadline = service.Deadline(limit)
     attempt = job.attempt
-    with portal.notifier.watch(job.id) as watch:
-        while True:
-            job = portal.store.get_job(job.id)
-            if job.terminal:
-                return job, ""
-            if job.state != QUEUED and job.attempt != attempt:
-                # Started (or started again after a redelivery): its own time limit runs now.
-                attempt = job.attempt
-                deadline = time.monotonic() + limit
-            left = deadline - time.monotonic()
-            if watch.closing:
-                return job, (f"\n[ocho] the gateway is stopping: job {job.id} is still "
-                             f"{job.state}; GET /jobs/{job.id} tells how it ends\n")
-            if left <= 0:
-                return _gave_up(portal, job, limit)
-            watch.wait(min(left, RECHECK_S))
+    for _ in service.wakeups(portal, job.id, deadline):
+        job = portal.store.get_job(job.id)
+        if job.terminal:
+            return job, ""
+        if job.state != QUEUED and job.attempt != attempt:
+            # Started (or started again after a redelivery): its own time limit runs now.
+            attempt = job.attempt
+            deadline.restart()
+    if service.stopping(portal):
+        return job, (f"\n[ocho] the gateway is stopping: job {job.id} is still "
+                     f"{job.state}; GET /jobs/{job.id} tells how it ends\n")
+    return _gave_up(portal, job, limit)
 
 
 def _gave_up(portal: Services, job: Job, waited: float) -> tuple[Job, str]:
@@ -230,7 +214,7 @@ def _gave_up(portal: Services, job: Job, waited: float) -> tuple[Job, str]:
         return job, (f"\n[ocho] job {job.id} is still {job.state} after {waited:.0f} s; it goes "
                      f"on: follow it with GET /jobs/{job.id}/output\n")
     try:
-        job = cancel_job(portal, job.id)
+        job = service.request_cancel(portal, job.id)
     except (BrokerUnavailable, PublishRejected) as exc:
         log.warning("job %s: no worker took it and it could not be cancelled: %s", job.id, exc)
         return job, (f"\n[ocho] no worker started job {job.id} within {waited:.0f} s, and it "
@@ -238,18 +222,6 @@ def _gave_up(portal: Services, job: Job, waited: float) -> tuple[Job, str]:
     log.warning("job %s: no worker started it within %.0f s; cancelled", job.id, waited)
     return job, (f"\n[ocho] no worker started job {job.id} within {waited:.0f} s: it was "
                  f"cancelled and will not run; are the workers up?\n")
-
-
-def _output(portal: Services, job_id: str) -> str:
-    """The job's whole kept output (the store caps it; its truncation note included)."""
-    parts: list[str] = []
-    offset = 0
-    while True:
-        out = portal.store.read_output(job_id, offset)
-        parts.append(out.data)
-        if out.finished or not out.chunks:
-            return "".join(parts)
-        offset = out.next_offset
 
 
 def _answer(began: float, ok: bool, out: str, job: Job | None = None) -> Response:

@@ -8,32 +8,34 @@ Two shapes are accepted:
   `args` (a JSON list), an optional `timeout`, and uploaded files, each named
   by its filename (else by its field name).
 
-Both end in ocho.message.load_request, the one definition of a valid request;
-every problem is an InvalidRequest naming the field.
+A form is read by ocho.gateway.schemas.JobFormSchema, the schema the OpenAPI
+document shows. Both end in ocho.message.load_request, the one definition of a
+valid request; every problem is an InvalidRequest naming the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shlex
 from typing import Any
 
 from flask import Request
+from marshmallow import ValidationError
 from werkzeug.datastructures import FileStorage
 
-from ocho.errors import InvalidRequest, JsonTooDeep, PayloadTooLarge
+from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.gateway.catalog import ToolCatalog
+from ocho.gateway.schemas import JOB_FORM
 from ocho.message import (
     decode_files,
     encode_files,
+    invalid_from,
     is_safe_file_name,
     load_json_object,
     load_request,
-    loads_bounded,
 )
 from ocho.settings import Settings
 
-FORM_FIELDS = ("line", "tool", "args", "timeout", "id", "correlation_id")
+FORM_FIELDS = tuple(JOB_FORM.fields)
 MAX_CORRELATION_ID = 255
 CORRELATION_HEADER = "X-Correlation-Id"
 
@@ -82,52 +84,13 @@ def _from_json(http: Request) -> tuple[dict[str, Any], str | None]:
 
 
 def _from_form(http: Request, settings: Settings) -> tuple[dict[str, Any], str | None]:
-    form = http.form
-    for name in form:
-        if name not in FORM_FIELDS:
-            raise InvalidRequest(f"unknown form field {name!r}; use line, or tool and args, "
-                                 "with timeout and files", field=name)
-    raw: dict[str, Any] = {}
-    line = form.get("line")
-    if line is not None:
-        if "tool" in form or "args" in form:
-            raise InvalidRequest("send either `line` or `tool` and `args`, not both",
-                                 field="line")
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise InvalidRequest(f"cannot split the command line: {exc}", field="line") from None
-        if not words:
-            raise InvalidRequest("the command line is empty; start it with a tool name",
-                                 field="line")
-        raw["tool"], raw["args"] = words[0], words[1:]
-    else:
-        if "tool" not in form:
-            raise InvalidRequest("send a `line` field, or `tool` and `args` fields",
-                                 field="tool")
-        raw["tool"] = form["tool"]
-        if "args" in form:
-            try:
-                args = loads_bounded(form["args"])
-            except JsonTooDeep as exc:
-                raise InvalidRequest(f"args: {exc}; send a JSON list of strings",
-                                     field="args") from None
-            except ValueError:
-                args = None
-            if not isinstance(args, list):
-                raise InvalidRequest('args must be a JSON list of strings, e.g. ["-l", "x y"]',
-                                     field="args")
-            raw["args"] = args
-    if form.get("timeout"):
-        try:
-            raw["timeout"] = int(form["timeout"])
-        except ValueError:
-            raise InvalidRequest("timeout must be a whole number of seconds",
-                                 field="timeout") from None
-    if form.get("id"):
-        raw["id"] = form["id"]
+    form = {name: http.form.get(name, "") for name in http.form}  # the first of each
+    try:
+        raw = JOB_FORM.load(form)
+    except ValidationError as exc:
+        raise invalid_from(exc) from None
     raw["files"] = encode_files(uploaded_files(http, settings))
-    return raw, form.get("correlation_id")
+    return raw, raw.pop("correlation_id", None)
 
 
 def upload_name(field_name: str, upload: FileStorage) -> str:

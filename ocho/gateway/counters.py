@@ -1,4 +1,5 @@
-"""GET /metrics: the gateway's numbers in Prometheus' text format (version 0.0.4).
+"""The gateway's numbers for GET /metrics (ocho.gateway.health serves them), in Prometheus'
+text format (version 0.0.4).
 
 Invariants: every series lives in the app's own prometheus_client registry
 (never the global one), so two apps in one process never share counts.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Blueprint, Flask, Response, current_app
+from flask import Flask, current_app
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -39,8 +40,6 @@ EXTENSION_KEY = "ocho.metrics"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 ENTRY_POINTS = ("jobs", "shell")
 REFUSALS = ("invalid", "too_large", "conflict", "unavailable", "other")
-
-blueprint = Blueprint("metrics", __name__)
 
 
 class Metrics:
@@ -145,7 +144,6 @@ def install(app: Flask, portal: Services) -> None:
     counters = Metrics()
     counters.watch(portal)
     app.extensions[EXTENSION_KEY] = counters
-    app.register_blueprint(blueprint)
 
 
 def of(app: Flask) -> Metrics:
@@ -157,8 +155,3 @@ def counting_submission(via: str) -> Iterator[None]:
     """Count a submission to the app handling the current request."""
     with of(current_app).counting(via):
         yield
-
-
-@blueprint.get("/metrics")
-def metrics() -> Response:
-    return Response(of(current_app).render(), content_type=CONTENT_TYPE)
