@@ -197,7 +197,8 @@ class JobSubmitSchema(JobRequestSchema):
 class CommandLine(fields.String):
     """A command line, split like a shell would split it (never run by one): the words."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
+    def _deserialize(  # type: ignore[override]
+            self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
         try:
             words = shlex.split(super()._deserialize(value, attr, data, **kwargs))
         except ValueError as exc:
@@ -211,7 +212,8 @@ class CommandLine(fields.String):
 class JsonList(fields.String):
     """A JSON list sent as one text field; its items are checked with the request."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+    def _deserialize(  # type: ignore[override]
+            self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
         try:
             items = loads_bounded(super()._deserialize(value, attr, data, **kwargs))
         except JsonTooDeep as exc:
@@ -333,7 +335,8 @@ class CommaList(fields.List):
     """Values separated by commas in one query parameter (`state=queued,running`); the
     first value that is not valid is the error."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+    def _deserialize(  # type: ignore[override]
+            self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
         return [self.inner.deserialize(item) for item in str(value).split(",")]
 
 
