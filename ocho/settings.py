@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import pika
+
 from ocho.errors import SettingsError
 from ocho.topology import DEFAULT_DELIVERY_LIMIT, DEFAULT_MAX_QUEUED
 
@@ -94,6 +96,10 @@ class Settings:
     confirm_timeout: float = 10.0
     # How often each gateway looks for jobs a dead gateway left `submitting`.
     recover_interval: float = 30.0
+    # Nodes holding a replica of each quorum queue when the portal creates it, and of the
+    # cancel log stream; 0: the broker's default. Used only when the queue is created.
+    quorum_group_size: int = 0
+    stream_cluster_size: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -151,9 +157,25 @@ class Settings:
         if self.metrics_bind and not _is_host_port(self.metrics_bind):
             raise SettingsError(f"OCHO_METRICS_BIND={self.metrics_bind!r} must look like "
                                 "HOST:PORT, e.g. 127.0.0.1:9101 (empty: no metrics)")
+        self.amqp_urls  # noqa: B018 - raises SettingsError naming a malformed URL
+        if self.quorum_group_size < 0 or self.stream_cluster_size < 0:
+            raise SettingsError("OCHO_QUORUM_GROUP_SIZE and OCHO_STREAM_CLUSTER_SIZE must be "
+                                "0 (the broker's default) or a number of nodes")
         if not (self.confirm_timeout > 0 and self.recover_interval > 0):
             raise SettingsError("OCHO_CONFIRM_TIMEOUT and OCHO_RECOVER_INTERVAL must be "
                                 "positive numbers of seconds")
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker nodes of OCHO_AMQP_URL: one or more URLs separated by `;` (kombu's
+        convention). SettingsError names the first malformed one, without its password."""
+        urls = tuple(url.strip() for url in self.amqp_url.split(";") if url.strip())
+        if not urls:
+            raise SettingsError("OCHO_AMQP_URL is empty: give amqp://user:password@host:5672/"
+                                "vhost, several separated by ';'")
+        for index, url in enumerate(urls, 1):
+            _check_amqp_url(index, url)
+        return urls
 
     @property
     def recover_after(self) -> float:
@@ -205,6 +227,34 @@ class Settings:
             "KUBERNETES_SERVICE_PORT": self.kubernetes_service_port,
         }
         return {k: v for k, v in env.items() if v}
+
+
+def _check_amqp_url(index: int, url: str) -> None:
+    password = url.partition("://")[2].partition("@")[0].partition(":")[2]
+    shown = _without_password(url).replace(password, "***") if password else url
+    problem = ""
+    if not url.startswith(("amqp://", "amqps://")):
+        problem = "it must start with amqp:// or amqps://"
+    elif "," in url and "://" in url.split(",", 1)[1]:
+        problem = "separate several URLs with ';', not ','"
+    else:
+        try:
+            pika.URLParameters(url)
+        except Exception as exc:  # noqa: BLE001 - pika raises ValueError, KeyError …
+            problem = f"{type(exc).__name__}: {exc}"[:200]
+            problem = problem.replace(password, "***") if password else problem
+    if problem:
+        raise SettingsError(f"OCHO_AMQP_URL: URL {index} ({shown}) is malformed: {problem}; "
+                            "write amqp://user:password@host:5672/vhost, several separated "
+                            "by ';'")
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not at:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _is_host_port(value: str) -> bool:

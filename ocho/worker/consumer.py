@@ -42,7 +42,7 @@ import pika.channel
 import pika.spec
 
 from ocho import message, topology
-from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.amqp import CONNECTION_ERRORS, Nodes, connection_parameters, describe
 from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.message import shown
 from ocho.settings import Settings
@@ -142,17 +142,19 @@ class Worker:
         self._published = 0
         self._on_confirmed: dict[int, Callable[[bool], None]] = {}
         self._consuming = False
+        self._nodes = Nodes(settings.amqp_urls)
+        self._opened = False  # whether the current connection got as far as open
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
-        backoff = Backoff()
         while not self.stopping.is_set():
+            self._opened = False
             try:
                 self._declare_topology()
                 self._run_connection()
             except CONNECTION_ERRORS as exc:
-                log.warning("worker %s: broker unreachable (%s); retrying", self.name,
-                            describe(exc))
+                log.warning("worker %s: broker node %s unreachable (%s)", self.name,
+                            self._nodes.name, describe(exc))
             except Exception as exc:  # noqa: BLE001 - a bug in a callback must not end the worker
                 log.error("worker %s: unexpected %s; reconnecting", self.name,
                           shown(describe(exc), 300))
@@ -160,15 +162,20 @@ class Worker:
                           exc_info=exc)
                 self._drop_connection()
             self._abandon_running("the broker connection was lost")
-            if self._consuming:
-                backoff.reset()
             self._consuming = False
-            if not self.stopping.is_set():
-                backoff.wait(self.stopping)
+            self._next_node()
         self.pool.shutdown(wait=True)
         self.reaper.close()
         self.process_counter.close()
         log.info("worker %s stopped", self.name)
+
+    def _next_node(self) -> None:
+        """Go on with the next broker node at once; wait only after a whole round failed."""
+        delay = self._nodes.next(self._opened)
+        if delay and not self.stopping.is_set():
+            log.info("worker %s: no broker node answered; next try (%s) in %.1f s",
+                     self.name, self._nodes.name, delay)
+            self.stopping.wait(delay)
 
     def _drop_connection(self) -> None:
         """Close a connection whose I/O loop was left by an exception, so that the broker
@@ -189,11 +196,12 @@ class Worker:
 
     def _declare_topology(self) -> None:
         # Declaring is a chain of round trips; a short blocking connection reads plainer.
-        connection = pika.BlockingConnection(
-            connection_parameters(self.settings, f"ocho-worker {self.name} setup"))
+        connection = pika.BlockingConnection(connection_parameters(
+            self.settings, f"ocho-worker {self.name} setup", self._nodes.url))
         try:
             topology.declare(connection.channel(), self.settings.delivery_limit,
-                             self.settings.max_queued)
+                             self.settings.max_queued, self.settings.quorum_group_size,
+                             self.settings.stream_cluster_size)
         finally:
             connection.close()
 
@@ -204,7 +212,8 @@ class Worker:
         self._sync_marker = None
         self._consumer_tag = None
         self._drain_deadline = None
-        parameters = connection_parameters(self.settings, f"ocho-worker {self.name}")
+        parameters = connection_parameters(self.settings, f"ocho-worker {self.name}",
+                                           self._nodes.url)
         parameters.heartbeat = self.settings.heartbeat
         parameters.socket_timeout = 10
         self._connection = pika.SelectConnection(
@@ -231,6 +240,8 @@ class Worker:
         connection.ioloop.stop()
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        self._opened = True
+        log.info("worker %s: connected to broker node %s", self.name, self._nodes.name)
         self.metrics.connected()
         connection.channel(on_open_callback=self._on_channel_open)
 
