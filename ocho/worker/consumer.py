@@ -16,8 +16,11 @@ characters escaped, answered with a `finished`/`rejected` event when it has a
 usable job id, dead-lettered — and the worker goes on. A request is run only
 if its job id is a canonical UUID agreed by body and `message_id`, its
 `content_type` is JSON, its routing key is its tool and its `reply_to` (if
-any) is a server-named queue. Its `attempt` comes from the broker alone: 1 on
-a first delivery, else the quorum queue's `x-delivery-count` + 1. Every event
+any) is a server-named queue. Its `attempt` is 1 + the times the portal recorded
+the job as started (ocho.worker.starts: the `started` events read from the cancel
+log, read up to date before a redelivery is looked at); once that reaches
+OCHO_DELIVERY_LIMIT the request is rejected instead of run. Redeliveries caused by
+lost nodes or channels do not count. Every event
 carries the request's digest, so that a request reusing another's id never
 changes that job's record (the gateway's store compares it).
 """
@@ -50,6 +53,7 @@ from ocho.worker import runner
 from ocho.worker.limits import ProcessCounter
 from ocho.worker.metrics import WorkerMetrics
 from ocho.worker.reaper import Reaper
+from ocho.worker.starts import Starts
 
 log = logging.getLogger("ocho.worker")
 
@@ -92,21 +96,6 @@ class Delivery:
         return reply_to if topology.is_reply_address(reply_to) else None
 
 
-def attempt_of(redelivered: bool, headers: Any, delivery_limit: int) -> int:
-    """Which run of the request this delivery is, from what the broker says alone.
-
-    A first delivery is attempt 1 whatever its headers say (a client can set any
-    header when it publishes). A redelivery is 1 + the quorum queue's
-    x-delivery-count; a count that is missing, not a whole number or out of
-    range says only that it is at least the second run."""
-    if not redelivered:
-        return 1
-    count = headers.get("x-delivery-count") if isinstance(headers, dict) else None
-    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= delivery_limit:
-        return count + 1
-    return 2
-
-
 @dataclasses.dataclass
 class RunningJob:
     job: runner.Job
@@ -127,6 +116,9 @@ class Worker:
         self._lock = threading.Lock()
         self._running: dict[str, RunningJob] = {}
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._starts = Starts()
+        # Sync markers in flight on the cancel log, and what to do once each is read.
+        self._syncs: dict[str, Callable[[], None]] = {}
         self._ran: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._cancels_forgotten = 0
         self._control_unacked = 0
@@ -210,6 +202,7 @@ class Worker:
         self._published = 0
         self._on_confirmed = {}
         self._sync_marker = None
+        self._syncs = {}
         self._consumer_tag = None
         self._drain_deadline = None
         parameters = connection_parameters(self.settings, f"ocho-worker {self.name}",
@@ -360,10 +353,16 @@ class Worker:
         command = message.load_json(body, "control message")
         if not isinstance(command, dict):
             raise InvalidRequest('not a JSON object like {"action": "cancel", "id": …}')
+        if command.get("type") == message.STARTED:  # a start the portal records
+            if not self._starts.record(command):
+                raise InvalidRequest("a started event without a job id and attempt")
+            return
         action, job_id = command.get("action"), command.get("id")
         if action == "sync":
             if isinstance(job_id, str) and job_id == self._sync_marker:
                 self._start_consuming()
+            elif isinstance(job_id, str) and job_id in self._syncs:
+                self._syncs.pop(job_id)()
             return
         if action != "cancel":
             raise InvalidRequest(f"unknown action {shown(action, 40)}")
@@ -407,8 +406,23 @@ class Worker:
     # -- requests --------------------------------------------------------------------------
     def _on_request(self, channel: pika.channel.Channel, method: Any,
                     props: pika.BasicProperties, body: bytes) -> None:
-        attempt = attempt_of(bool(method.redelivered), props.headers,
-                             self.settings.delivery_limit)
+        if method.redelivered:
+            # Another worker may have started it just before its connection was lost:
+            # read the cancel log up to now, so that its start is counted.
+            self._after_log_read(lambda: self._dispatch(channel, method, props, body))
+        else:
+            self._dispatch(channel, method, props, body)
+
+    def _after_log_read(self, then: Callable[[], None]) -> None:
+        marker = str(uuid.uuid4())
+        self._syncs[marker] = then
+        self._send(topology.CONTROL_EXCHANGE, "",
+                   json.dumps({"action": "sync", "id": marker}).encode(),
+                   pika.BasicProperties(content_type=message.CONTENT_TYPE))
+
+    def _dispatch(self, channel: pika.channel.Channel, method: Any,
+                  props: pika.BasicProperties, body: bytes) -> None:
+        attempt = self._starts.count(props.message_id) + 1
         delivery = Delivery(channel, method.delivery_tag, props, attempt,
                             str(method.routing_key or ""))
         try:
@@ -447,6 +461,10 @@ class Worker:
         self._reject(delivery, job_id, reason, tool)
 
     def _take(self, delivery: Delivery, job: runner.Job) -> None:
+        if job.attempt > self.settings.delivery_limit:
+            self._reject(delivery, job.id, f"started {job.attempt - 1} times without "
+                         "finishing (OCHO_DELIVERY_LIMIT); not run again", job.tool)
+            return
         with self._lock:
             cancelled = job.id in self._cancelled
         if cancelled:
