@@ -72,6 +72,8 @@ CONTROL_LOG_BURST = 10
 CONTROL_LOG_WINDOW_S = 10.0
 # How long a starting worker reads the cancel log before taking jobs anyway.
 CANCEL_LOG_CATCH_UP_S = 30.0
+# How long a redelivered request waits for the cancel log to be read up to date.
+LOG_SYNC_WAIT_S = 5.0
 # How often the I/O loop looks at the stop flag.
 TICK_S = 0.1
 
@@ -414,11 +416,23 @@ class Worker:
             self._dispatch(channel, method, props, body)
 
     def _after_log_read(self, then: Callable[[], None]) -> None:
+        """Run `then` once the cancel log is read up to now, or after LOG_SYNC_WAIT_S
+        (a log without a leader for a while must not hold the request forever)."""
+        assert self._connection is not None
         marker = str(uuid.uuid4())
         self._syncs[marker] = then
         self._send(topology.CONTROL_EXCHANGE, "",
                    json.dumps({"action": "sync", "id": marker}).encode(),
                    pika.BasicProperties(content_type=message.CONTENT_TYPE))
+
+        def give_up() -> None:
+            waiting = self._syncs.pop(marker, None)
+            if waiting is not None:
+                log.warning("worker %s: the cancel log was not read to its end in %ss; "
+                            "counting the starts known so far", self.name, LOG_SYNC_WAIT_S)
+                waiting()
+
+        self._connection.ioloop.call_later(LOG_SYNC_WAIT_S, give_up)
 
     def _dispatch(self, channel: pika.channel.Channel, method: Any,
                   props: pika.BasicProperties, body: bytes) -> None:
