@@ -7,12 +7,15 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ocho.amqp import Nodes
+from ocho.client import Client
 from ocho.errors import SettingsError
 from ocho.settings import Settings
+from tests.infra import Stack, free_port
 
 
 def test_several_urls_separated_by_semicolons() -> None:
@@ -68,3 +71,24 @@ def test_a_lost_steady_connection_moves_on_without_waiting() -> None:
     assert nodes.next(connected=True) == 0
     # One that closed again at once counts as a failure: no hot loop.
     assert nodes.next(connected=True) > 0
+
+
+def test_a_dead_node_in_the_list_is_passed_over(tmp_path: Path, fresh_amqp_url: str,
+                                                tools_dir: Path) -> None:
+    """Whichever node each process starts at, a node that refuses connections costs
+    nothing: the gateway, the worker and ocho.client go on with the next one."""
+    vhost = fresh_amqp_url.rsplit("/", 1)[1]
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/{vhost}"
+    urls = f"{dead};{fresh_amqp_url}"
+    stack = Stack(tmp_path, urls, tools_dir=tools_dir)
+    try:
+        stack.start_gateway()
+        stack.start_worker(concurrency=1)
+        job = stack.submit("exit", ["0"])
+        assert stack.wait(job["id"], timeout=20)["state"] == "succeeded"
+        for _ in range(3):  # random starts: one of them at the dead node, most likely
+            with Client(urls) as client:
+                assert client.wait(client.submit("exit", ["0"]), timeout=20).state == \
+                    "succeeded"
+    finally:
+        stack.stop()
