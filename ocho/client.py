@@ -109,7 +109,7 @@ class Client:
             content_type=message.CONTENT_TYPE, delivery_mode=pika.DeliveryMode.Persistent)
         self._pending[job_id] = collections.deque()
         try:
-            self._publish_or_reconnect(tool, body, properties)
+            self._publish_or_reconnect(job_id, tool, body, properties)
         except pika.exceptions.NackError:
             self._pending.pop(job_id, None)
             raise PublishRejected(f"the broker refused job {job_id}: the job queue is full "
@@ -119,7 +119,7 @@ class Client:
             raise PublishRejected(f"the broker refused job {job_id}: {exc!r}") from None
         return job_id
 
-    def _publish_or_reconnect(self, tool: str, body: bytes,
+    def _publish_or_reconnect(self, job_id: str, tool: str, body: bytes,
                               properties: pika.BasicProperties) -> None:
         try:
             self._channel.basic_publish(topology.JOBS_EXCHANGE, tool, body, properties,
@@ -133,8 +133,8 @@ class Client:
         self._lost.update(self._pending)  # their events went to the lost reply queue
         self._pending.clear()
         self._connect()
-        self._lost.discard(properties.message_id)
-        self._pending[properties.message_id] = collections.deque()
+        self._lost.discard(job_id)
+        self._pending[job_id] = collections.deque()
         properties.reply_to = self.reply_queue
         self._channel.basic_publish(topology.JOBS_EXCHANGE, tool, body, properties,
                                     mandatory=True)
