@@ -8,6 +8,13 @@
 
 One exclusive reply queue per client receives the events of every job it
 submitted; they are told apart by `correlation_id`.
+
+`amqp_url` may list several broker nodes separated by `;`. The client connects to
+the first that answers, from a random start; if its connection is lost, the next
+`submit` connects to the next node and publishes again (a request is idempotent by
+its job id, so a request that had reached the broker is not run twice). The events
+of jobs submitted before the loss went to the lost reply queue: `events`/`wait`
+then raise BrokerUnavailable, and the job's outcome is read over HTTP.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import pika
 import pika.exceptions
 
 from ocho import message, topology
+from ocho.amqp import CONNECTION_ERRORS, Nodes, describe, node_name
 from ocho.errors import BrokerUnavailable, PublishRejected
 
 
@@ -43,18 +51,39 @@ class Client:
     def __init__(self, amqp_url: str, *, heartbeat: int = 30,
                  delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT,
                  max_queued: int = topology.DEFAULT_MAX_QUEUED) -> None:
-        parameters = pika.URLParameters(amqp_url)
-        parameters.heartbeat = heartbeat
-        try:
-            self._connection = pika.BlockingConnection(parameters)
-        except pika.exceptions.AMQPConnectionError as exc:
-            raise BrokerUnavailable(f"cannot reach RabbitMQ: {exc!r}") from None
-        topology.ensure(self._connection, delivery_limit, max_queued)
+        urls = [url.strip() for url in amqp_url.split(";") if url.strip()]
+        self._nodes = Nodes(urls)
+        self._heartbeat = heartbeat
+        self._limits = (delivery_limit, max_queued)
+        self._pending: dict[str, collections.deque[dict[str, Any]]] = {}
+        # Jobs whose events went to a reply queue lost with its connection.
+        self._lost: set[str] = set()
+        self._connect()
+
+    def _connect(self) -> None:
+        """Connect to the first node that answers, trying each once."""
+        errors = []
+        for _ in range(len(self._nodes.urls)):
+            url = self._nodes.url
+            try:
+                self._open(url)
+                return
+            except CONNECTION_ERRORS as exc:
+                errors.append(f"{node_name(url)}: {describe(exc)}")
+                self._nodes.next(connected=False)
+        raise BrokerUnavailable("cannot reach RabbitMQ: " + "; ".join(errors))
+
+    def _open(self, url: str) -> None:
+        parameters = pika.URLParameters(url)
+        parameters.heartbeat = self._heartbeat
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = 5
+        self._connection = pika.BlockingConnection(parameters)
+        topology.ensure(self._connection, *self._limits)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         declared = self._channel.queue_declare("", exclusive=True, auto_delete=True)
         self.reply_queue: str = declared.method.queue
-        self._pending: dict[str, collections.deque[dict[str, Any]]] = {}
         self._channel.basic_consume(self.reply_queue, self._on_event, auto_ack=True)
 
     def __enter__(self) -> Client:
@@ -80,16 +109,41 @@ class Client:
             content_type=message.CONTENT_TYPE, delivery_mode=pika.DeliveryMode.Persistent)
         self._pending[job_id] = collections.deque()
         try:
-            self._channel.basic_publish(topology.JOBS_EXCHANGE, tool, body, properties,
-                                        mandatory=True)
+            self._publish_or_reconnect(job_id, tool, body, properties)
         except pika.exceptions.NackError:
-            del self._pending[job_id]
+            self._pending.pop(job_id, None)
             raise PublishRejected(f"the broker refused job {job_id}: the job queue is full "
                                   "(OCHO_MAX_QUEUED); try again later") from None
         except pika.exceptions.UnroutableError as exc:
-            del self._pending[job_id]
+            self._pending.pop(job_id, None)
             raise PublishRejected(f"the broker refused job {job_id}: {exc!r}") from None
         return job_id
+
+    def _publish_or_reconnect(self, job_id: str, tool: str, body: bytes,
+                              properties: pika.BasicProperties) -> None:
+        try:
+            self._channel.basic_publish(topology.JOBS_EXCHANGE, tool, body, properties,
+                                        mandatory=True)
+            return
+        except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
+            raise
+        except CONNECTION_ERRORS:
+            self._nodes.next(connected=True)
+        self._close_quietly()
+        self._lost.update(self._pending)  # their events went to the lost reply queue
+        self._pending.clear()
+        self._connect()
+        self._lost.discard(job_id)
+        self._pending[job_id] = collections.deque()
+        properties.reply_to = self.reply_queue
+        self._channel.basic_publish(topology.JOBS_EXCHANGE, tool, body, properties,
+                                    mandatory=True)
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except CONNECTION_ERRORS:
+            pass
 
     def cancel(self, job_id: str) -> None:
         body = json.dumps({"action": "cancel", "id": job_id}).encode()
@@ -104,6 +158,9 @@ class Client:
 
         The output a `finished` event carries is yielded first as `output`
         events of its own, so that all output comes the same way."""
+        if job_id in self._lost:
+            raise BrokerUnavailable(f"the broker connection was lost after job {job_id} was "
+                                    "submitted; read its outcome over HTTP")
         queue = self._pending.setdefault(job_id, collections.deque())
         deadline = time.monotonic() + timeout
         while True:
@@ -120,7 +177,12 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
-            self._connection.process_data_events(time_limit=min(left, 1.0))
+            try:
+                self._connection.process_data_events(time_limit=min(left, 1.0))
+            except CONNECTION_ERRORS as exc:
+                raise BrokerUnavailable(
+                    f"the broker connection was lost while waiting for job {job_id} "
+                    f"({describe(exc)}); read its outcome over HTTP") from None
 
     def wait(self, job_id: str, timeout: float) -> Result:
         """Collect the job's events until it finished; output in offset order."""

@@ -155,6 +155,10 @@ class Settings:
     confirm_timeout: float = ranged(10.0, 0.1, 600)
     # How often each gateway looks for jobs a dead gateway left `submitting`.
     recover_interval: float = ranged(30.0, 0.1, 86400)
+    # Nodes holding a replica of each quorum queue when the portal creates it, and of the
+    # cancel log stream; 0: the broker's default. Used only when the queue is created.
+    quorum_group_size: int = ranged(0, 0, 99)
+    stream_cluster_size: int = ranged(0, 0, 99)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -205,6 +209,7 @@ class Settings:
     @property
     def first_amqp_url(self) -> str:
         return self.amqp_urls[0]
+
 
     @property
     def recover_after(self) -> float:
@@ -338,12 +343,17 @@ def _is_address(text: str) -> bool:
 
 
 def _check_urls(field: dataclasses.Field[Any], value: str) -> None:
-    parts = value.split(";") if field.metadata["many"] else [value]
-    for part in parts:
-        problem = _url_problem(part.strip(), field.metadata["schemes"])
+    many = field.metadata["many"]
+    parts = [part.strip() for part in value.split(";") if part.strip()] if many else [value]
+    if not parts:
+        raise SettingsError(f"{variable(field.name)}={value!r} is not allowed: it is empty; "
+                            "give amqp://user:password@host:5672/vhost, several separated by ';'")
+    for index, part in enumerate(parts, 1):
+        problem = _url_problem(part, field.metadata["schemes"])
         if problem:
+            which = f"URL {index} ({_mask_password(part)}): " if many else ""
             raise SettingsError(f"{variable(field.name)}={_mask_password(value)!r} is not "
-                                f"allowed: {problem}")
+                                f"allowed: {which}{problem}")
 
 
 def _url_problem(text: str, schemes: tuple[str, ...]) -> str:
@@ -362,7 +372,22 @@ def _url_problem(text: str, schemes: tuple[str, ...]) -> str:
             "sqlite:///FILE needs a file path, e.g. sqlite:///ocho.sqlite3"
     if not parts.hostname:
         return "the URL has no host, e.g. amqp://user:password@127.0.0.1:5672/%2F"
-    return "" if port is None or port > 0 else "the port must be from 1 to 65535"
+    if port is not None and port <= 0:
+        return "the port must be from 1 to 65535"
+    return _amqp_problem(text) if parts.scheme.startswith("amqp") else ""
+
+
+def _amqp_problem(text: str) -> str:
+    """What pika cannot use in an AMQP URL (a host list, an unknown option), or ''."""
+    if "," in text and "://" in text.split(",", 1)[1]:
+        return "separate several URLs with ';', not ','"
+    import pika  # here: the CLI and the tools read settings without needing pika
+
+    try:
+        pika.URLParameters(text)
+    except Exception as exc:  # noqa: BLE001 - pika raises ValueError, KeyError …
+        return _mask_password(f"{type(exc).__name__}: {exc}")[:200]
+    return ""
 
 
 def _canonical(field: dataclasses.Field[Any], value: str) -> str:

@@ -484,13 +484,13 @@ def test_a_request_a_worker_rejects_ends_rejected(gateway: str, channel: Any) ->
 
 def test_a_request_over_the_delivery_limit_ends_rejected(gateway: str, channel: Any) -> None:
     job = submit(gateway)
-    limit = Settings().delivery_limit
+    limit = topology.broker_delivery_limit(Settings().delivery_limit)
     for _ in range(limit + 1):  # the first delivery and `limit` redeliveries
         method, _properties, _body = take_request(channel, job["id"], ack=False)
         channel.basic_nack(method.delivery_tag, requeue=True)
     rejected = wait_state(gateway, job["id"], "rejected")
     assert rejected["reason"].startswith(
-        f"dead-lettered after {limit + 1} deliveries (delivery limit)")
+        f"dead-lettered after {limit + 1} deliveries (the broker's delivery limit)")
 
 
 def test_a_dead_letter_for_a_finished_job_changes_nothing(gateway: str, channel: Any) -> None:

@@ -1,7 +1,8 @@
 """What the gateway's publisher and recorder share: a daemon thread that owns one
 broker connection and keeps it up — connect, declare the topology, serve until the
-connection drops, back off, and again — and says whether it is connected and why
-not, for /readyz and /metrics.
+connection drops, go on at once with the next broker node of OCHO_AMQP_URL (backing
+off only once a whole round of nodes failed, see ocho.amqp.Nodes), and again — and
+says whether it is connected and why not, for /readyz and /metrics.
 
 The thread never dies of an exception: whatever _serve raises (a lost
 connection, or a bug met on some message) is logged on one line, the connection
@@ -18,7 +19,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from ocho import topology
-from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.amqp import CONNECTION_ERRORS, Nodes, connection_parameters, describe
 from ocho.message import shown
 from ocho.settings import Settings
 
@@ -36,6 +37,7 @@ class BrokerThread:
         self._channel: BlockingChannel | None = None
         self._connected = threading.Event()
         self.last_error = "not connected yet"
+        self.nodes = Nodes(settings.amqp_urls)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -74,36 +76,49 @@ class BrokerThread:
     # -- the owning thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = Backoff()
         while not self._stopping.is_set():
+            connected = False
             try:
                 self._open()
-                backoff.reset()
+                connected = True
                 self._serve()
             except CONNECTION_ERRORS as exc:
-                self._down(describe(exc))
-                log.warning("%s: broker connection lost or refused (%s); retrying in %.1f s",
-                            self.role, self.last_error, backoff.delay)
+                self._down(f"{self.nodes.name}: {describe(exc)}")
+                log.warning("%s: broker connection to %s lost or refused (%s)", self.role,
+                            self.nodes.name, describe(exc))
             except Exception as exc:  # noqa: BLE001 - this thread must outlive any bug
                 self._down(f"internal error: {describe(exc)}")
-                log.error("%s: unexpected %s; reconnecting in %.1f s", self.role,
-                          shown(describe(exc), 300), backoff.delay)
+                log.error("%s: unexpected %s; reconnecting", self.role,
+                          shown(describe(exc), 300))
                 log.debug("%s: the unexpected error's traceback", self.role, exc_info=exc)
             finally:
                 self._close()
-            if not self._stopping.is_set():
-                backoff.wait(self._stopping)
+            self._pause(connected)
         self._down("the gateway is stopping")
 
+    def _pause(self, connected: bool) -> None:
+        """Move to the next node; wait only if a whole round of nodes failed."""
+        try:
+            delay = self.nodes.next(connected)
+        except Exception:  # noqa: BLE001 - never let the thread die; wait a little
+            delay = 1.0
+        if delay and not self._stopping.is_set():
+            log.info("%s: no broker node answered; next try (%s) in %.1f s", self.role,
+                     self.nodes.name, delay)
+            self._stopping.wait(delay)
+
     def _open(self) -> None:
-        parameters = connection_parameters(self.settings, f"ocho-gateway {self.role}")
+        parameters = connection_parameters(self.settings, f"ocho-gateway {self.role}",
+                                           self.nodes.url)
         self._connection = pika.BlockingConnection(parameters)
         channel = topology.declare(self._connection.channel(), self.settings.delivery_limit,
-                                   self.settings.max_queued)
+                                   self.settings.max_queued, self.settings.quorum_group_size,
+                                   self.settings.stream_cluster_size)
         self._set_up(channel)
         self._channel = channel
         self._connected.set()
         self.last_error = ""
+        log.info("%s: connected to broker node %s", self.role, self.nodes.name)
 
     def _close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -147,7 +147,7 @@ class Publisher(BrokerThread):
                 f"the broker could not route the {item.what} to any queue "
                 f"(exchange {item.exchange!r}, routing key {item.routing_key!r})"))
         except pika.exceptions.NackError:
-            item.future.set_exception(PublishRejected(self._refusal(item)))
+            self._refused(item)
         except CONNECTION_ERRORS as exc:
             item.future.set_exception(BrokerUnavailable(
                 f"the broker connection failed while sending the {item.what}: {describe(exc)}"))
@@ -159,12 +159,32 @@ class Publisher(BrokerThread):
         else:
             item.future.set_result(None)
 
-    def _refusal(self, item: Outgoing) -> str:
-        if item.exchange == topology.JOBS_EXCHANGE:
-            # ocho.jobs refuses a publish only when it holds OCHO_MAX_QUEUED requests.
-            return (f"the job queue is full ({self.settings.max_queued} requests waiting, "
-                    f"OCHO_MAX_QUEUED): the {item.what} was not accepted; try again later")
-        return f"the broker refused the {item.what} (nack); try again shortly"
+    def _refused(self, item: Outgoing) -> None:
+        """Fail a nacked publish. ocho.jobs refuses one when it holds OCHO_MAX_QUEUED
+        requests — or, in a cluster, when its leader was lost: then the channel's queue
+        client may go on refusing after a new leader is elected, so the connection is
+        dropped and made again (to the next node)."""
+        if item.exchange != topology.JOBS_EXCHANGE:
+            item.future.set_exception(PublishRejected(
+                f"the broker refused the {item.what} (nack); try again shortly"))
+            return
+        assert self._channel is not None
+        try:
+            waiting = self._channel.queue_declare(topology.JOBS_QUEUE, passive=True)
+        except CONNECTION_ERRORS as exc:
+            item.future.set_exception(BrokerUnavailable(
+                f"the broker refused the {item.what}: {describe(exc)}; try again shortly"))
+            raise
+        if waiting.method.message_count >= self.settings.max_queued:
+            item.future.set_exception(PublishRejected(
+                f"the job queue is full ({self.settings.max_queued} requests waiting, "
+                f"OCHO_MAX_QUEUED): the {item.what} was not accepted; try again later"))
+            return
+        item.future.set_exception(BrokerUnavailable(
+            f"the broker refused the {item.what} though the job queue is not full (its "
+            "leader node was lost?); nothing was submitted, try again shortly"))
+        raise pika.exceptions.ChannelWrongStateError(
+            f"{topology.JOBS_QUEUE} refused a publish without being full: reconnecting")
 
     def _down(self, reason: str) -> None:
         """Mark the broker unavailable and fail everything still waiting to be sent."""

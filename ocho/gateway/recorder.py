@@ -111,7 +111,7 @@ class Recorder(BrokerThread):
                 changed = self._apply(batch)
                 break
             except StoreUnavailable as exc:
-                delay = backoff.step()
+                delay = backoff.take()
                 log.warning("recorder: job store unavailable (%s); keeping %d deliveries "
                             "unacked and retrying in %.1f s", exc, len(batch), delay)
                 # Waiting here (not sleeping) keeps the broker's heartbeats answered.
@@ -223,10 +223,10 @@ class Recorder(BrokerThread):
         )
 
     def _death_reason(self, why: str, queue_name: str) -> str:
-        limit = self.settings.delivery_limit
+        limit = topology.broker_delivery_limit(self.settings.delivery_limit)
         if why == "delivery_limit":
-            return (f"dead-lettered after {limit + 1} deliveries (delivery limit): every "
-                    "attempt to run it failed or its worker died")
+            return (f"dead-lettered after {limit + 1} deliveries (the broker's delivery "
+                    "limit): it was handed out over and over without being run to its end")
         if why == "rejected":
             return "dead-lettered: a worker rejected the request as one it cannot run"
         if why == "expired":

@@ -16,8 +16,11 @@ characters escaped, answered with a `finished`/`rejected` event when it has a
 usable job id, dead-lettered — and the worker goes on. A request is run only
 if its job id is a canonical UUID agreed by body and `message_id`, its
 `content_type` is JSON, its routing key is its tool and its `reply_to` (if
-any) is a server-named queue. Its `attempt` comes from the broker alone: 1 on
-a first delivery, else the quorum queue's `x-delivery-count` + 1. Every event
+any) is a server-named queue. Its `attempt` is 1 + the times the portal recorded
+the job as started (ocho.worker.starts: the `started` events read from the cancel
+log, read up to date before a redelivery is looked at); once that reaches
+OCHO_DELIVERY_LIMIT the request is rejected instead of run. Redeliveries caused by
+lost nodes or channels do not count. Every event
 carries the request's digest, so that a request reusing another's id never
 changes that job's record (the gateway's store compares it).
 """
@@ -42,7 +45,7 @@ import pika.channel
 import pika.spec
 
 from ocho import message, topology
-from ocho.amqp import CONNECTION_ERRORS, Backoff, connection_parameters, describe
+from ocho.amqp import CONNECTION_ERRORS, Nodes, connection_parameters, describe
 from ocho.errors import InvalidRequest, PayloadTooLarge
 from ocho.message import shown
 from ocho.settings import Settings
@@ -51,6 +54,7 @@ from ocho.worker.limits import ProcessCounter
 from ocho.worker.liveness import LivenessFile
 from ocho.worker.metrics import WorkerMetrics
 from ocho.worker.reaper import Reaper
+from ocho.worker.starts import Starts
 
 log = logging.getLogger("ocho.worker")
 
@@ -69,6 +73,8 @@ CONTROL_LOG_BURST = 10
 CONTROL_LOG_WINDOW_S = 10.0
 # How long a starting worker reads the cancel log before taking jobs anyway.
 CANCEL_LOG_CATCH_UP_S = 30.0
+# How long a redelivered request waits for the cancel log to be read up to date.
+LOG_SYNC_WAIT_S = 5.0
 # How often the I/O loop looks at the stop flag.
 TICK_S = 0.1
 
@@ -93,21 +99,6 @@ class Delivery:
         return reply_to if topology.is_reply_address(reply_to) else None
 
 
-def attempt_of(redelivered: bool, headers: Any, delivery_limit: int) -> int:
-    """Which run of the request this delivery is, from what the broker says alone.
-
-    A first delivery is attempt 1 whatever its headers say (a client can set any
-    header when it publishes). A redelivery is 1 + the quorum queue's
-    x-delivery-count; a count that is missing, not a whole number or out of
-    range says only that it is at least the second run."""
-    if not redelivered:
-        return 1
-    count = headers.get("x-delivery-count") if isinstance(headers, dict) else None
-    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= delivery_limit:
-        return count + 1
-    return 2
-
-
 @dataclasses.dataclass
 class RunningJob:
     job: runner.Job
@@ -129,6 +120,9 @@ class Worker:
         self._lock = threading.Lock()
         self._running: dict[str, RunningJob] = {}
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._starts = Starts()
+        # Sync markers in flight on the cancel log, and what to do once each is read.
+        self._syncs: dict[str, Callable[[], None]] = {}
         self._ran: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self._cancels_forgotten = 0
         self._control_unacked = 0
@@ -145,17 +139,19 @@ class Worker:
         self._on_confirmed: dict[int, Callable[[bool], None]] = {}
         self._consuming = False
         self.liveness = LivenessFile(settings.liveness_file)
+        self._nodes = Nodes(settings.amqp_urls)
+        self._opened = False  # whether the current connection got as far as open
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
-        backoff = Backoff()
         while not self.stopping.is_set():
+            self._opened = False
             try:
                 self._declare_topology()
                 self._run_connection()
             except CONNECTION_ERRORS as exc:
-                log.warning("worker %s: broker unreachable (%s); retrying", self.name,
-                            describe(exc))
+                log.warning("worker %s: broker node %s unreachable (%s)", self.name,
+                            self._nodes.name, describe(exc))
             except Exception as exc:  # noqa: BLE001 - a bug in a callback must not end the worker
                 log.error("worker %s: unexpected %s; reconnecting", self.name,
                           shown(describe(exc), 300))
@@ -163,17 +159,22 @@ class Worker:
                           exc_info=exc)
                 self._drop_connection()
             self._abandon_running("the broker connection was lost")
-            if self._consuming:
-                backoff.reset()
             self._consuming = False
-            if not self.stopping.is_set():
-                backoff.wait(self.stopping)
+            self._next_node()
         self.pool.shutdown(wait=True)
         if self.zygote is not None:
             self.zygote.close()
         self.reaper.close()
         self.process_counter.close()
         log.info("worker %s stopped", self.name)
+
+    def _next_node(self) -> None:
+        """Go on with the next broker node at once; wait only after a whole round failed."""
+        delay = self._nodes.next(self._opened)
+        if delay and not self.stopping.is_set():
+            log.info("worker %s: no broker node answered; next try (%s) in %.1f s",
+                     self.name, self._nodes.name, delay)
+            self.stopping.wait(delay)
 
     def _drop_connection(self) -> None:
         """Close a connection whose I/O loop was left by an exception, so that the broker
@@ -194,11 +195,12 @@ class Worker:
 
     def _declare_topology(self) -> None:
         # Declaring is a chain of round trips; a short blocking connection reads plainer.
-        connection = pika.BlockingConnection(
-            connection_parameters(self.settings, f"ocho-worker {self.name} setup"))
+        connection = pika.BlockingConnection(connection_parameters(
+            self.settings, f"ocho-worker {self.name} setup", self._nodes.url))
         try:
             topology.declare(connection.channel(), self.settings.delivery_limit,
-                             self.settings.max_queued)
+                             self.settings.max_queued, self.settings.quorum_group_size,
+                             self.settings.stream_cluster_size)
         finally:
             connection.close()
 
@@ -207,9 +209,11 @@ class Worker:
         self._published = 0
         self._on_confirmed = {}
         self._sync_marker = None
+        self._syncs = {}
         self._consumer_tag = None
         self._drain_deadline = None
-        parameters = connection_parameters(self.settings, f"ocho-worker {self.name}")
+        parameters = connection_parameters(self.settings, f"ocho-worker {self.name}",
+                                           self._nodes.url)
         parameters.heartbeat = self.settings.heartbeat
         parameters.socket_timeout = 10
         self._connection = pika.SelectConnection(
@@ -236,6 +240,8 @@ class Worker:
         connection.ioloop.stop()
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        self._opened = True
+        log.info("worker %s: connected to broker node %s", self.name, self._nodes.name)
         self.metrics.connected()
         connection.channel(on_open_callback=self._on_channel_open)
 
@@ -356,10 +362,16 @@ class Worker:
         command = message.load_json(body, "control message")
         if not isinstance(command, dict):
             raise InvalidRequest('not a JSON object like {"action": "cancel", "id": …}')
+        if command.get("type") == message.STARTED:  # a start the portal records
+            if not self._starts.record(command):
+                raise InvalidRequest("a started event without a job id and attempt")
+            return
         action, job_id = command.get("action"), command.get("id")
         if action == "sync":
             if isinstance(job_id, str) and job_id == self._sync_marker:
                 self._start_consuming()
+            elif isinstance(job_id, str) and job_id in self._syncs:
+                self._syncs.pop(job_id)()
             return
         if action != "cancel":
             raise InvalidRequest(f"unknown action {shown(action, 40)}")
@@ -403,8 +415,35 @@ class Worker:
     # -- requests --------------------------------------------------------------------------
     def _on_request(self, channel: pika.channel.Channel, method: Any,
                     props: pika.BasicProperties, body: bytes) -> None:
-        attempt = attempt_of(bool(method.redelivered), props.headers,
-                             self.settings.delivery_limit)
+        if method.redelivered:
+            # Another worker may have started it just before its connection was lost:
+            # read the cancel log up to now, so that its start is counted.
+            self._after_log_read(lambda: self._dispatch(channel, method, props, body))
+        else:
+            self._dispatch(channel, method, props, body)
+
+    def _after_log_read(self, then: Callable[[], None]) -> None:
+        """Run `then` once the cancel log is read up to now, or after LOG_SYNC_WAIT_S
+        (a log without a leader for a while must not hold the request forever)."""
+        assert self._connection is not None
+        marker = str(uuid.uuid4())
+        self._syncs[marker] = then
+        self._send(topology.CONTROL_EXCHANGE, "",
+                   json.dumps({"action": "sync", "id": marker}).encode(),
+                   pika.BasicProperties(content_type=message.CONTENT_TYPE))
+
+        def give_up() -> None:
+            waiting = self._syncs.pop(marker, None)
+            if waiting is not None:
+                log.warning("worker %s: the cancel log was not read to its end in %ss; "
+                            "counting the starts known so far", self.name, LOG_SYNC_WAIT_S)
+                waiting()
+
+        self._connection.ioloop.call_later(LOG_SYNC_WAIT_S, give_up)
+
+    def _dispatch(self, channel: pika.channel.Channel, method: Any,
+                  props: pika.BasicProperties, body: bytes) -> None:
+        attempt = self._starts.count(props.message_id) + 1
         delivery = Delivery(channel, method.delivery_tag, props, attempt,
                             str(method.routing_key or ""))
         try:
@@ -443,6 +482,10 @@ class Worker:
         self._reject(delivery, job_id, reason, tool)
 
     def _take(self, delivery: Delivery, job: runner.Job) -> None:
+        if job.attempt > self.settings.delivery_limit:
+            self._reject(delivery, job.id, f"started {job.attempt - 1} times without "
+                         "finishing (OCHO_DELIVERY_LIMIT); not run again", job.tool)
+            return
         with self._lock:
             cancelled = job.id in self._cancelled
         if cancelled:
