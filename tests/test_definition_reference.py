@@ -156,8 +156,6 @@ def test_every_field_of_the_validator_is_in_the_reference() -> None:
     assert set(DefinitionSchema().fields) == set(FIELDS)
 
 
-@pytest.mark.xfail(strict=True, reason="ocho.kube matches with `$`, which also matches before a "
-                   "trailing newline; reported to the kube work, remove this mark once fixed")
 @pytest.mark.parametrize("data", [
     {"cluster": "zookeeper\n", "image": "redis:7"},
     {"cluster": "zookeeper", "image": "redis:7", "labels": {"team": "data\n"}},

@@ -44,9 +44,9 @@ FIELDS = ("cluster", "image", "ports", "settings", "pods", "env", "resources", "
 CONTROL_PORT = 8080  # Ochopod's own port, added to every container
 # Environment variables Ochopod reads: set by deploy, so a definition may not.
 RESERVED_ENV = ("pod", "ochopod_cluster", "ochopod_namespace", "ochopod_application")
-ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*\Z")
 QUANTITY = re.compile(r"^(?P<number>(\d+(\.\d*)?|\.\d+))"
-                      r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+                      r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?\Z")
 _SUFFIX_SCALE = {
     "": Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
     "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
