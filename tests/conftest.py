@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from ocho.gateway.store import Store
 from tests import infra
+
+# The output cap of the store tests' stores: small, so that capping is easy to reach.
+STORE_CAP = 2048
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +47,15 @@ def tool_start(request: pytest.FixtureRequest) -> str:
     """OCHO_TOOL_START for a test's stack: warm (the default), or each way in
     turn for a test marked with infra.BOTH_STARTS."""
     return getattr(request, "param", "warm")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A job store of this test's own, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    opened = Store(url, output_cap=STORE_CAP, pool_size=8)
+    yield opened
+    opened.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +13,9 @@ import pytest
 from ocho.errors import InvalidRequest, JobConflict, JobNotFound, SettingsError
 from ocho.gateway.schemas import JOB
 from ocho.gateway.store import NOTICE_ROOM, Store
+from tests.conftest import STORE_CAP
 
-CAP = 2048
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    opened = Store(url, output_cap=CAP, pool_size=8)
-    yield opened
-    opened.close()
+CAP = STORE_CAP
 
 
 def new_id() -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,19 +14,9 @@ import pytest
 
 from ocho.errors import JobConflict
 from ocho.gateway.store import Store
+from tests.conftest import STORE_CAP
 
-CAP = 2048
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    opened = Store(url, output_cap=CAP, pool_size=4)
-    yield opened
-    opened.close()
+CAP = STORE_CAP
 
 
 def submit(store: Store, job_id: str, digest: str = "d1") -> tuple[object, bool]:
