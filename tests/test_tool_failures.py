@@ -197,18 +197,26 @@ def test_stale_resource_version_is_a_real_conflict(kube: KubeNamespace, run_tool
     assert run_tool("deploy", "zookeeper.yml", files=ZOOKEEPER).code == 0
     (rc,) = kube.controllers()
     name = rc["metadata"]["name"]
-    scale = kube.core.read_namespaced_replication_controller_scale(name, kube.name)
 
-    def put(replicas: int):
+    def put(replicas: int, version: str):
         body = {"apiVersion": "autoscaling/v1", "kind": "Scale",
-                "metadata": {"name": name, "namespace": kube.name,
-                             "resourceVersion": scale.metadata.resource_version},
+                "metadata": {"name": name, "namespace": kube.name, "resourceVersion": version},
                 "spec": {"replicas": replicas}}
         return kube.core.replace_namespaced_replication_controller_scale(name, kube.name, body)
 
-    put(4)
+    # The real controller manager writes the RC's status meanwhile (a new version each
+    # time): put with a fresh version until one lands, then the version it replaced is
+    # stale for certain.
+    for _ in range(20):
+        stale = kube.core.read_namespaced_replication_controller_scale(
+            name, kube.name).metadata.resource_version
+        try:
+            put(4, stale)
+            break
+        except client.ApiException as exc:
+            assert exc.status == 409, exc
     with pytest.raises(client.ApiException) as refused:
-        put(5)
+        put(5, stale)
     assert refused.value.status == 409 and json.loads(refused.value.body)["reason"] == "Conflict"
     kube.wait_for_pods(4)
 

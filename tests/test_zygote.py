@@ -223,7 +223,7 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
 
     shutil.copytree(TOOLS, tools_dir, dirs_exist_ok=True)
     stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, tool_start="warm",
-                  tokens="a-secret-token", tool_memory_bytes=1024**3)
+                  tokens="a-secret-token-of-the-portal", tool_memory_bytes=1024**3)
     try:
         worker = stack.start_worker(concurrency=1)
         zygote_pid = int(re.search(r"tool zygote (\d+) ready", stack.read_log("worker0.log"))[1])
