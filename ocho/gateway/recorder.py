@@ -3,7 +3,7 @@
 A thread with a connection of its own consumes two queues:
 
 - `ocho.recorder` (bound to `ocho.events` with `job.#`): started / output /
-  finished events, validated with ocho.message.load_event and applied to the store;
+  finished events, read with ocho.contract.decode_event and applied to the store;
 - `ocho.dead`: requests the broker dead-lettered (rejected by a worker, over the
   delivery limit, expired): their job ends `rejected` with the reason, unless it
   already ended.
@@ -34,11 +34,18 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from ocho import topology
 from ocho.amqp import Backoff, describe
+from ocho.contract import (
+    decode_event,
+    event_fields,
+    is_job_id,
+    load_json,
+    request_digest,
+    shown,
+)
 from ocho.errors import InvalidRequest, StoreUnavailable
 from ocho.gateway.broker_thread import BrokerThread
 from ocho.gateway.notifier import JobNotifier
 from ocho.gateway.store import Store, StoreTransaction
-from ocho.message import is_job_id, load_event, load_json, request_digest, shown
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,7 +183,7 @@ class Recorder(BrokerThread):
                 return self._dead_letter(delivery)
             if len(delivery.body) > self.settings.max_message_bytes:
                 raise InvalidRequest(f"{len(delivery.body)} bytes: larger than any event")
-            return load_event(delivery.body)
+            return event_fields(decode_event(delivery.body))
         except Exception as exc:  # noqa: BLE001 - no body may stop the recorder
             reason = str(exc) if isinstance(exc, InvalidRequest) else describe(exc)
             log.warning("recorder: dropped a message from %s (routing key %s, message id %s):"

@@ -1,9 +1,10 @@
 """The HTTP API's bodies as marshmallow schemas: what the handlers answer with, and
 what gateway.openapi turns into the OpenAPI document.
 
-Requests are validated by ocho.message.JobRequestSchema (the one definition of a
-job request, shared with the AMQP contract); the answers are dumped through the
-schemas here, so a field the document does not describe never reaches a client.
+Requests are validated by ocho.contract (the one definition of a job request,
+shared with the AMQP side) and described by ocho.message.JobRequestSchema; the
+answers are dumped through the schemas here, so a field the document does not
+describe never reaches a client.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class ErrorSchema(Schema):
 
 
 # -- requests -------------------------------------------------------------------------------
-# How they are read is gateway/submission.py; what a valid one is, ocho.message.
+# How they are read is gateway/submission.py; what a valid one is, ocho.contract.
 
 
 class JobSubmitSchema(JobRequestSchema):
