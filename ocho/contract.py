@@ -334,6 +334,31 @@ def _whole(value: object) -> int | None:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Salvaged:
+    """What can be told of a request too broken to run (to answer it, to record it)."""
+
+    job_id: str | None  # only a canonical one: the message_id's, else the body's
+    fields: dict[str, Any]  # the body's fields; {} if it is not a readable JSON object
+
+    @property
+    def tool(self) -> str | None:
+        tool = self.fields.get("tool")
+        return tool if isinstance(tool, str) and TOOL_NAME.match(tool) else None
+
+
+def salvage(body: bytes, message_id: object) -> Salvaged:
+    """The job id and fields of any body, never an error. The message_id comes first
+    when body and property disagree: a dead letter is known by it."""
+    try:
+        raw = load_json(body) if body else {}
+    except InvalidRequest:
+        raw = {}
+    fields = raw if isinstance(raw, dict) else {}
+    ids = [candidate for candidate in (message_id, fields.get("id")) if is_job_id(candidate)]
+    return Salvaged(str(ids[0]) if ids else None, fields)
+
+
 # -- the caps on files: one set, one set of messages ---------------------------------------------
 
 class Limits(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from ocho.contract import JobRequest
+from ocho.contract import JobRequest, request_digest
 from ocho.gateway.store import Store
 from tests.infra import PrivatePostgres, Stack
 
@@ -193,7 +193,8 @@ def test_left_over_submissions_are_published_again_or_rejected_with_a_reason(
     for job_id in (recent, old):
         request = JobRequest(job_id, "exit", ("0",), {}, 30)
         store.record_submission(job_id, "exit", ["0"], timeout=30, correlation_id=None,
-                                request=request.encode(), digest="d")
+                                request=request.encode(),
+                                digest=request_digest(request.encode()))
     with store.transaction() as tx:  # left a minute, and two hours, ago
         tx.execute("UPDATE jobs SET created_at = created_at - 60, "
                    "claimed_at = claimed_at - 60 WHERE id = ?", (recent,))

@@ -37,9 +37,8 @@ from ocho.amqp import Backoff, describe
 from ocho.contract import (
     decode_event,
     event_fields,
-    is_job_id,
-    load_json,
     request_digest,
+    salvage,
     shown,
 )
 from ocho.errors import InvalidRequest, StoreUnavailable
@@ -192,15 +191,10 @@ class Recorder(BrokerThread):
             return None
 
     def _dead_letter(self, delivery: Delivery) -> DeadLetter | None:
-        body = None
         # A body larger than any request is not parsed (its message_id tells the job).
-        if len(delivery.body) <= self.settings.max_message_bytes:
-            try:
-                body = load_json(delivery.body)
-            except InvalidRequest:
-                pass
-        request = body if isinstance(body, dict) else {}
-        job_id = _dead_job_id(delivery.properties.message_id, request.get("id"))
+        body = delivery.body if len(delivery.body) <= self.settings.max_message_bytes else b""
+        salvaged = salvage(body, delivery.properties.message_id)
+        request, job_id = salvaged.fields, salvaged.job_id
         if job_id is None:
             raise InvalidRequest("a dead letter without a job id (neither message_id nor the "
                                  "body's id is a canonical UUID)")
@@ -241,14 +235,6 @@ class Recorder(BrokerThread):
         if why == "maxlen":
             return f"dead-lettered: queue {queue_name} was full"
         return f"dead-lettered from queue {queue_name} ({why})"
-
-
-def _dead_job_id(message_id: object, body_id: object) -> str | None:
-    """As the worker tells it: the message_id if it is a job id, else the body's id."""
-    for candidate in (message_id, body_id):
-        if is_job_id(candidate):
-            return str(candidate)
-    return None
 
 
 def _kind(item: dict[str, Any] | DeadLetter) -> str:

@@ -671,19 +671,6 @@ def _check_properties(delivery: Delivery) -> None:
 
 
 def _identify(delivery: Delivery, body: bytes) -> tuple[str | None, str | None]:
-    """The job id and tool of a request too broken to run, as far as they can be told:
-    an id only if it is a canonical UUID (the message_id first when body and property
-    disagree: the dead letter is known by it)."""
-    message_id = delivery.properties.message_id
-    raw: Any = {}
-    try:
-        raw = contract.load_json(body) if body else {}
-    except InvalidRequest:
-        pass
-    raw = raw if isinstance(raw, dict) else {}
-    tool = raw.get("tool")
-    tool = tool if isinstance(tool, str) and contract.TOOL_NAME.match(tool) else None
-    for candidate in (message_id, raw.get("id")):
-        if contract.is_job_id(candidate):
-            return str(candidate), tool
-    return None, tool
+    """The job id and tool of a request too broken to run, as far as they can be told."""
+    salvaged = contract.salvage(body, delivery.properties.message_id)
+    return salvaged.job_id, salvaged.tool
