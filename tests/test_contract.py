@@ -118,3 +118,22 @@ def test_a_bad_request_gets_the_same_reason_over_http_and_amqp(
     assert over_amqp(amqp, fields) == reason, what
     if uploads is not None:
         assert over_a_form(stack, str(fields["tool"]), uploads) == reason, what
+
+
+def test_a_started_event_on_the_cancel_log_is_a_start_with_its_args_not_a_bad_command() -> None:
+    """The cancel log is bound to job.started: a worker reads every start there, even one
+    whose arguments make it longer than any command, and the args keep their order."""
+    from ocho import contract
+
+    job_id, args = str(uuid.uuid4()), ("-n", "x" * 4096) * 20  # ~80 KiB: over 64 KiB
+    started = contract.Started(job_id, 2, "w1", 1.5, "exit", "a" * 64, args)
+    body = contract.encode_event(started)
+    assert len(body) > 64 * 1024
+    assert contract.decode_control(body, 64 * 1024, len(body)) == started
+    assert json.loads(body)["args"] == list(args)
+    with pytest.raises(contract.InvalidRequest, match="at most 65536"):
+        contract.decode_control(contract.Cancel(job_id).encode() + b" " * 65536,
+                                64 * 1024, 1024 * 1024)
+    finished = contract.Finished(job_id, 1, "succeeded", args=("a", "b"))
+    assert contract.event_fields(contract.decode_event(contract.encode_event(finished)))[
+        "args"] == ["a", "b"]
