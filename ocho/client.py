@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,9 +28,9 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from ocho import message, topology
+from ocho import contract, topology
 from ocho.amqp import CONNECTION_ERRORS, Nodes, describe, node_name
-from ocho.errors import BrokerUnavailable, PublishRejected
+from ocho.errors import BrokerUnavailable, InvalidRequest, PublishRejected
 
 
 @dataclasses.dataclass
@@ -100,13 +99,11 @@ class Client:
                files: dict[str, bytes] | None = None, timeout: int | None = None,
                job_id: str | None = None) -> str:
         """Publish a request; returns its job id once the broker confirmed it."""
-        job_id = job_id or message.new_job_id()
-        body = message.dump_request({"id": job_id, "tool": tool, "args": list(args),
-                                     "files": message.encode_files(files or {}),
-                                     "timeout": timeout})
+        job_id = job_id or contract.new_job_id()
+        body = contract.JobRequest(job_id, tool, tuple(args), files or {}, timeout).encode()
         properties = pika.BasicProperties(
             message_id=job_id, correlation_id=job_id, reply_to=self.reply_queue,
-            content_type=message.CONTENT_TYPE, delivery_mode=pika.DeliveryMode.Persistent)
+            content_type=contract.CONTENT_TYPE, delivery_mode=pika.DeliveryMode.Persistent)
         self._pending[job_id] = collections.deque()
         try:
             self._publish_or_reconnect(job_id, tool, body, properties)
@@ -146,10 +143,10 @@ class Client:
             pass
 
     def cancel(self, job_id: str) -> None:
-        body = json.dumps({"action": "cancel", "id": job_id}).encode()
+        body = contract.Cancel(job_id).encode()
         self._channel.basic_publish(
             topology.CONTROL_EXCHANGE, "", body,
-            pika.BasicProperties(content_type=message.CONTENT_TYPE,
+            pika.BasicProperties(content_type=contract.CONTENT_TYPE,
                                  delivery_mode=pika.DeliveryMode.Persistent),
             mandatory=True)
 
@@ -166,9 +163,9 @@ class Client:
         while True:
             while queue:
                 event = queue.popleft()
-                if event["type"] == message.FINISHED:
+                if event["type"] == contract.FINISHED:
                     for chunk in event.get("output") or ():
-                        yield {"type": message.OUTPUT, "id": event["id"],
+                        yield {"type": contract.OUTPUT, "id": event["id"],
                                "attempt": event["attempt"], **chunk}
                     yield event
                     self._pending.pop(job_id, None)
@@ -190,7 +187,7 @@ class Client:
         finished = events[-1]
         attempt = finished["attempt"]
         chunks = {e["offset"]: e["data"] for e in events
-                  if e["type"] == message.OUTPUT and e["attempt"] == attempt}
+                  if e["type"] == contract.OUTPUT and e["attempt"] == attempt}
         return Result(id=job_id, state=finished["state"], exit_code=finished.get("exit_code"),
                       ms=finished.get("ms", 0), truncated=finished.get("truncated", False),
                       attempt=attempt, reason=finished.get("reason"),
@@ -199,8 +196,8 @@ class Client:
     def _on_event(self, _channel: Any, _method: Any, properties: pika.BasicProperties,
                   body: bytes) -> None:
         try:
-            event = json.loads(body)
-        except ValueError:
+            event = contract.event_fields(contract.decode_event(body))
+        except InvalidRequest:
             return
         job_id = properties.correlation_id or event.get("id")
         # Events of a job this client no longer waits for are dropped.

@@ -19,7 +19,7 @@ import requests
 import waitress
 from flask import Flask
 
-from ocho import message, topology
+from ocho import contract, message, topology
 from ocho.gateway.app import create_app
 from ocho.gateway.services import of
 from ocho.settings import Settings
@@ -109,7 +109,7 @@ def take_request(channel: Any, job_id: str, ack: bool = True) -> tuple[Any, Any,
 def emit(channel: Any, event: dict[str, Any]) -> None:
     """Publish an event on ocho.events as a worker does."""
     channel.basic_publish(topology.EVENTS_EXCHANGE, topology.event_routing_key(event["type"]),
-                          message.dump_event(event),
+                          json.dumps(event).encode(),
                           pika.BasicProperties(content_type=message.CONTENT_TYPE,
                                                correlation_id=event["id"], delivery_mode=2),
                           mandatory=True)
@@ -301,7 +301,7 @@ def test_a_multipart_line_with_files(gateway: str, channel: Any) -> None:
     _method, _properties, body = take_request(channel, job["id"])
     request = json.loads(body)
     assert request["timeout"] == 30
-    assert message.decode_files(request["files"]) == {"zoo keeper.yml": b"cluster: zk\n",
+    assert contract.decode_files(request["files"]) == {"zoo keeper.yml": b"cluster: zk\n",
                                                       "extra.bin": bytes(range(256))}
     assert base64.b64decode(request["files"]["extra.bin"]) == bytes(range(256))
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import requests
 
+from ocho.contract import JobRequest, request_digest
 from ocho.gateway.store import Store
-from ocho.message import dump_request, request_digest
 from tests.infra import PrivatePostgres, Stack
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "rejected"}
@@ -191,10 +191,10 @@ def test_left_over_submissions_are_published_again_or_rejected_with_a_reason(
     store = Store(database, output_cap=4096)
     recent, old = str(uuid.uuid4()), str(uuid.uuid4())
     for job_id in (recent, old):
-        request = {"id": job_id, "tool": "exit", "args": ["0"], "files": {}, "timeout": 30}
+        request = JobRequest(job_id, "exit", ("0",), {}, 30)
         store.record_submission(job_id, "exit", ["0"], timeout=30, correlation_id=None,
-                                request=dump_request(request),
-                                digest=request_digest(dump_request(request)))
+                                request=request.encode(),
+                                digest=request_digest(request.encode()))
     with store.transaction() as tx:  # left a minute, and two hours, ago
         tx.execute("UPDATE jobs SET created_at = created_at - 60, "
                    "claimed_at = claimed_at - 60 WHERE id = ?", (recent,))

@@ -20,16 +20,15 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import time
 from typing import TYPE_CHECKING
 
-from ocho.errors import BrokerUnavailable, PublishRejected
+from ocho.contract import SUBMITTING, JobRequest, request_digest
+from ocho.errors import BrokerUnavailable, InvalidRequest, PublishRejected
 from ocho.gateway.store import Job, Unconfirmed
 from ocho.gateway.submission import Submission
-from ocho.message import SUBMITTING, dump_request, request_digest
 
 if TYPE_CHECKING:
     from ocho.gateway.services import Services
@@ -46,10 +45,10 @@ def accept_job(portal: Services, submission: Submission) -> tuple[Job, bool]:
     POST /shell): (job, True) for a new job, published and confirmed; (the existing job,
     False) for a retry of the same request with the same id."""
     request = submission.request
+    body = request.encode()
     job, created = portal.store.record_submission(
-        request["id"], request["tool"], request["args"], timeout=request["timeout"],
-        correlation_id=submission.correlation_id, request=dump_request(request),
-        digest=request_digest(dump_request(request)))
+        request.id, request.tool, list(request.args), timeout=request.timeout,
+        correlation_id=submission.correlation_id, request=body, digest=request_digest(body))
     if not created:
         log.info("job %s submitted again with the same request: it is %s", job.id, job.state)
         return _retried(portal, job), False
@@ -61,7 +60,7 @@ def accept_job(portal: Services, submission: Submission) -> tuple[Job, bool]:
         raise
     job = portal.store.confirm_published(job.id)
     log.info("job %s submitted: %s (%d file(s), timeout %d s)", job.id,
-             shlex.join([job.tool or "", *job.args]), len(request["files"]), job.timeout)
+             shlex.join([job.tool or "", *job.args]), len(request.files), job.timeout)
     return job, True
 
 
@@ -82,12 +81,13 @@ def republish(portal: Services, orphan: Unconfirmed) -> bool:
         _reject(portal, orphan.id, why_not)
         return True
     try:
-        portal.publisher.publish_job(json.loads(orphan.request or b""),
-                                     correlation_id=orphan.correlation_id)
+        # The very bytes recorded: their digest is the job's.
+        portal.publisher.publish_job(JobRequest.decode(orphan.request or b""),
+                                     correlation_id=orphan.correlation_id, body=orphan.request)
     except BrokerUnavailable as exc:
         log.warning("job %s: publishing it again failed, will retry: %s", orphan.id, exc)
         return False
-    except PublishRejected as exc:
+    except (PublishRejected, InvalidRequest) as exc:
         _reject(portal, orphan.id, f"its gateway stopped before the broker confirmed the "
                                    f"request, and publishing it again failed: {exc}")
         return True

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import queue
 import time
-from typing import Any
 
 import pika
 import pika.exceptions
@@ -27,9 +25,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from ocho import topology
 from ocho.amqp import CONNECTION_ERRORS, describe
+from ocho.contract import CONTENT_TYPE, Cancel, JobRequest
 from ocho.errors import BrokerUnavailable, PublishRejected
 from ocho.gateway.broker_thread import BrokerThread
-from ocho.message import CONTENT_TYPE, dump_request
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,24 +56,25 @@ class Publisher(BrokerThread):
 
     # -- called from request threads ---------------------------------------------------------
 
-    def publish_job(self, request: dict[str, Any], correlation_id: str | None = None,
-                    reply_to: str | None = None) -> None:
-        """Publish a validated job request; return once the broker confirmed it."""
+    def publish_job(self, request: JobRequest, correlation_id: str | None = None,
+                    reply_to: str | None = None, body: bytes | None = None) -> None:
+        """Publish a validated job request; return once the broker confirmed it. `body`:
+        the request's bytes as recorded, if they were (else it is encoded here)."""
         properties = pika.BasicProperties(
             content_type=CONTENT_TYPE,
             delivery_mode=PERSISTENT,
-            message_id=request["id"],
-            correlation_id=correlation_id or request["id"],
+            message_id=request.id,
+            correlation_id=correlation_id or request.id,
             reply_to=reply_to,
             timestamp=int(time.time()),
             app_id="ocho-gateway",
         )
-        self._publish(Outgoing(topology.JOBS_EXCHANGE, request["tool"], dump_request(request),
-                               properties, what=f"job {request['id']}"))
+        self._publish(Outgoing(topology.JOBS_EXCHANGE, request.tool, body or request.encode(),
+                               properties, what=f"job {request.id}"))
 
     def publish_cancel(self, job_id: str) -> None:
         """Ask every worker (and any worker started later) not to run, or to stop, a job."""
-        body = json.dumps({"action": "cancel", "id": job_id}).encode()
+        body = Cancel(job_id).encode()
         properties = pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=PERSISTENT,
                                           message_id=job_id, timestamp=int(time.time()),
                                           app_id="ocho-gateway")

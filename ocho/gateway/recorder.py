@@ -3,7 +3,7 @@
 A thread with a connection of its own consumes two queues:
 
 - `ocho.recorder` (bound to `ocho.events` with `job.#`): started / output /
-  finished events, validated with ocho.message.load_event and applied to the store;
+  finished events, read with ocho.contract.decode_event and applied to the store;
 - `ocho.dead`: requests the broker dead-lettered (rejected by a worker, over the
   delivery limit, expired): their job ends `rejected` with the reason, unless it
   already ended.
@@ -34,11 +34,17 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from ocho import topology
 from ocho.amqp import Backoff, describe
+from ocho.contract import (
+    decode_event,
+    event_fields,
+    request_digest,
+    salvage,
+    shown,
+)
 from ocho.errors import InvalidRequest, StoreUnavailable
 from ocho.gateway.broker_thread import BrokerThread
 from ocho.gateway.notifier import JobNotifier
 from ocho.gateway.store import Store, StoreTransaction
-from ocho.message import is_job_id, load_event, load_json, request_digest, shown
 from ocho.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,7 +182,7 @@ class Recorder(BrokerThread):
                 return self._dead_letter(delivery)
             if len(delivery.body) > self.settings.max_message_bytes:
                 raise InvalidRequest(f"{len(delivery.body)} bytes: larger than any event")
-            return load_event(delivery.body)
+            return event_fields(decode_event(delivery.body))
         except Exception as exc:  # noqa: BLE001 - no body may stop the recorder
             reason = str(exc) if isinstance(exc, InvalidRequest) else describe(exc)
             log.warning("recorder: dropped a message from %s (routing key %s, message id %s):"
@@ -185,15 +191,10 @@ class Recorder(BrokerThread):
             return None
 
     def _dead_letter(self, delivery: Delivery) -> DeadLetter | None:
-        body = None
         # A body larger than any request is not parsed (its message_id tells the job).
-        if len(delivery.body) <= self.settings.max_message_bytes:
-            try:
-                body = load_json(delivery.body)
-            except InvalidRequest:
-                pass
-        request = body if isinstance(body, dict) else {}
-        job_id = _dead_job_id(delivery.properties.message_id, request.get("id"))
+        body = delivery.body if len(delivery.body) <= self.settings.max_message_bytes else b""
+        salvaged = salvage(body, delivery.properties.message_id)
+        request, job_id = salvaged.fields, salvaged.job_id
         if job_id is None:
             raise InvalidRequest("a dead letter without a job id (neither message_id nor the "
                                  "body's id is a canonical UUID)")
@@ -234,14 +235,6 @@ class Recorder(BrokerThread):
         if why == "maxlen":
             return f"dead-lettered: queue {queue_name} was full"
         return f"dead-lettered from queue {queue_name} ({why})"
-
-
-def _dead_job_id(message_id: object, body_id: object) -> str | None:
-    """As the worker tells it: the message_id if it is a job id, else the body's id."""
-    for candidate in (message_id, body_id):
-        if is_job_id(candidate):
-            return str(candidate)
-    return None
 
 
 def _kind(item: dict[str, Any] | DeadLetter) -> str:

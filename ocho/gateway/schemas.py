@@ -4,9 +4,9 @@ query parameters and forms, and what gateway.openapi turns into the OpenAPI docu
 Invariants: one schema both reads and documents a request part (the query schemas
 through gateway.params.parse_query, JobFormSchema through gateway.submission), so
 the document cannot describe a parameter the gateway reads differently. What a
-valid job request is stays ocho.message.JobRequestSchema (the one definition,
-shared with the AMQP contract). The answers are dumped through the schemas here,
-so a field the document does not describe never reaches a client.
+valid job request is stays ocho.contract (the one definition, shared with the AMQP
+side), described by ocho.message.JobRequestSchema. The answers are dumped through
+the schemas here, so a field the document does not describe never reaches a client.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class ShellErrorSchema(ErrorSchema):
 
 # -- requests -------------------------------------------------------------------------------
 # Read by gateway/submission.py (JSON, or a form through JobFormSchema); what a valid
-# one is, ocho.message.
+# one is, ocho.contract.
 
 
 class JobSubmitSchema(JobRequestSchema):
@@ -242,7 +242,8 @@ class JobFormSchema(Schema):
     """POST /jobs as a form: `line`, or `tool` and `args`; every other part is a file.
 
     Loading a form (its first value of each field) gives the job request's `tool`,
-    `args`, `timeout` and `id`, as ocho.message.load_request then checks them, and the
+    `args`, `timeout` and `id`, as ocho.contract.JobRequest.from_fields then checks them,
+    and the
     `correlation_id`; an empty `timeout` or `id` is one left out. The limits stated
     here as metadata are the request's, checked there, once."""
 

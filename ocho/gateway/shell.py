@@ -57,7 +57,7 @@ from ocho.gateway.submission import (
     make_submission,
     uploaded_files,
 )
-from ocho.message import QUEUED, SUCCEEDED, encode_files
+from ocho.message import QUEUED, SUCCEEDED
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,10 @@ def _read(portal: Services, words: list[str], timeout: int | None) -> Submission
     tool, args = words[0], words[1:]
     if tool not in portal.catalog.names():
         raise UnknownTool(tool, portal.catalog.names())
-    raw: dict[str, Any] = {"tool": tool, "args": args, "files": encode_files(files)}
+    raw: dict[str, Any] = {"tool": tool, "args": args}
     if timeout is not None:
         raw["timeout"] = timeout
-    return make_submission(raw, None, request, portal.settings, portal.catalog)
+    return make_submission(raw, None, request, portal.settings, portal.catalog, files=files)
 
 
 def _wait(portal: Services, job: Job) -> tuple[Job, str]:

@@ -9,8 +9,10 @@ Two shapes are accepted:
   by its filename (else by its field name).
 
 A form is read by ocho.gateway.schemas.JobFormSchema, the schema the OpenAPI
-document shows. Both end in ocho.message.load_request, the one definition of a
-valid request; every problem is an InvalidRequest naming the field.
+document shows. Both end in ocho.contract: `JobRequest.from_fields`, the one
+definition of a valid request, and `check`, the one set of caps on its files (the
+worker applies the same). Uploaded files stay bytes from here to the publish;
+every problem is an InvalidRequest naming the field.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ from flask import Request
 from marshmallow import ValidationError
 from werkzeug.datastructures import FileStorage
 
-from ocho.errors import InvalidRequest, PayloadTooLarge
+from ocho.contract import (
+    JobRequest,
+    check,
+    check_file_count,
+    check_file_name,
+    check_file_size,
+    load_json_object,
+)
+from ocho.errors import InvalidRequest
 from ocho.gateway.catalog import ToolCatalog
 from ocho.gateway.schemas import JOB_FORM
-from ocho.message import (
-    decode_files,
-    encode_files,
-    invalid_from,
-    is_safe_file_name,
-    load_json_object,
-    load_request,
-)
+from ocho.message import invalid_from
 from ocho.settings import Settings
 
 FORM_FIELDS = tuple(JOB_FORM.fields)
@@ -42,32 +45,35 @@ CORRELATION_HEADER = "X-Correlation-Id"
 
 @dataclasses.dataclass(frozen=True)
 class Submission:
-    request: dict[str, Any]  # id, tool, args, files (base64), timeout: ready to publish
+    request: JobRequest  # its timeout the one it runs with: ready to publish
     correlation_id: str
 
 
 def read_submission(http: Request, settings: Settings, catalog: ToolCatalog) -> Submission:
     if http.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raw, correlation_id = _from_form(http, settings)
-    else:
-        raw, correlation_id = _from_json(http)
+        raw, correlation_id = _from_form(http)
+        files = uploaded_files(http, settings)
+        return make_submission(raw, correlation_id, http, settings, catalog, files=files)
+    raw, correlation_id = _from_json(http)
     return make_submission(raw, correlation_id, http, settings, catalog)
 
 
 def make_submission(raw: dict[str, Any], correlation_id: str | None, http: Request,
-                    settings: Settings, catalog: ToolCatalog) -> Submission:
-    """Validate a request read from any shape (POST /jobs, POST /shell) into a Submission."""
-    request = load_request(raw)
-    files = decode_files(request["files"])  # checks the base64 of JSON uploads too
-    _check_files(files, settings)
-    script = catalog.path(request["tool"])  # UnknownTool lists the tools there are
-    if script.name in files:
+                    settings: Settings, catalog: ToolCatalog, *,
+                    files: dict[str, bytes] | None = None) -> Submission:
+    """Validate a request read from any shape (POST /jobs, POST /shell) into a Submission.
+    `files`: uploads already read as bytes (else the request's own base64 `files`)."""
+    request = JobRequest.from_fields(raw)  # decodes, and so checks, JSON's base64 files
+    if files is not None:
+        request = dataclasses.replace(request, files=files)
+    check(request, settings)
+    script = catalog.path(request.tool)  # UnknownTool lists the tools there are
+    if script.name in request.files:
         raise InvalidRequest(f"file name {script.name!r} is the tool's own script; upload it "
                              "under another name", field=f"files.{script.name}")
-    timeout = request["timeout"] or settings.default_timeout
-    request["timeout"] = min(timeout, settings.max_timeout)
+    request = request.with_timeout(settings.default_timeout, settings.max_timeout)
     header_id = check_correlation_id(http.headers.get(CORRELATION_HEADER), CORRELATION_HEADER)
-    correlation_id = check_correlation_id(correlation_id) or header_id or request["id"]
+    correlation_id = check_correlation_id(correlation_id) or header_id or request.id
     return Submission(request=request, correlation_id=correlation_id)
 
 
@@ -83,13 +89,13 @@ def _from_json(http: Request) -> tuple[dict[str, Any], str | None]:
     return raw, correlation_id
 
 
-def _from_form(http: Request, settings: Settings) -> tuple[dict[str, Any], str | None]:
+def _from_form(http: Request) -> tuple[dict[str, Any], str | None]:
+    """The form's fields as a request's JSON fields (its uploads are read apart)."""
     form = {name: http.form.get(name, "") for name in http.form}  # the first of each
     try:
         raw = JOB_FORM.load(form)
     except ValidationError as exc:
         raise invalid_from(exc) from None
-    raw["files"] = encode_files(uploaded_files(http, settings))
     return raw, raw.pop("correlation_id", None)
 
 
@@ -107,39 +113,16 @@ def uploaded_files(http: Request, settings: Settings, *,
     /shell did (`curl -F redis.yml=@build/redis-1.2.yml`)."""
     files: dict[str, bytes] = {}
     uploads = list(http.files.items(multi=True))
-    if len(uploads) > settings.max_files:
-        raise PayloadTooLarge(f"{len(uploads)} files sent; at most {settings.max_files} "
-                              "are allowed (OCHO_MAX_FILES)", field="files")
+    check_file_count(len(uploads), settings)
     for field_name, upload in uploads:
         name = field_name if by_field_name else upload_name(field_name, upload)
-        if not is_safe_file_name(name):
-            raise InvalidRequest(
-                f"file name {name!r} is not allowed: use a plain name of at most 255 bytes, "
-                "without '/', '\\', NUL, control characters or a leading dot",
-                field=f"files.{name}")
+        check_file_name(name)
         if name in files:
             raise InvalidRequest(f"two files are named {name!r}", field=f"files.{name}")
         content = upload.stream.read(settings.max_file_bytes + 1)
-        if len(content) > settings.max_file_bytes:
-            raise PayloadTooLarge(f"file {name!r} is larger than {settings.max_file_bytes} "
-                                  "bytes (OCHO_MAX_FILE_BYTES)", field=f"files.{name}")
+        check_file_size(name, len(content), settings)
         files[name] = content
     return files
-
-
-def _check_files(files: dict[str, bytes], settings: Settings) -> None:
-    if len(files) > settings.max_files:
-        raise PayloadTooLarge(f"{len(files)} files sent; at most {settings.max_files} are "
-                              "allowed (OCHO_MAX_FILES)", field="files")
-    for name, content in files.items():
-        if len(content) > settings.max_file_bytes:
-            raise PayloadTooLarge(f"file {name!r} is larger than {settings.max_file_bytes} "
-                                  "bytes (OCHO_MAX_FILE_BYTES)", field=f"files.{name}")
-    total = sum(len(content) for content in files.values())
-    if total > settings.max_request_bytes:
-        raise PayloadTooLarge(f"the files add up to {total} bytes; at most "
-                              f"{settings.max_request_bytes} are allowed per job "
-                              "(OCHO_MAX_REQUEST_BYTES)", field="files")
 
 
 def check_correlation_id(value: str | None, field: str = "correlation_id") -> str | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -44,10 +43,10 @@ import pika
 import pika.channel
 import pika.spec
 
-from ocho import message, topology
+from ocho import contract, topology
 from ocho.amqp import CONNECTION_ERRORS, Nodes, connection_parameters, describe
+from ocho.contract import Cancel, Finished, JobRequest, Output, Started, Sync, shown
 from ocho.errors import InvalidRequest, PayloadTooLarge
-from ocho.message import shown
 from ocho.settings import Settings
 from ocho.worker import builtins, runner
 from ocho.worker.limits import ProcessCounter
@@ -283,9 +282,8 @@ class Worker:
         """
         assert self._connection is not None
         self._sync_marker = str(uuid.uuid4())
-        self._send(topology.CONTROL_EXCHANGE, "",
-                   json.dumps({"action": "sync", "id": self._sync_marker}).encode(),
-                   pika.BasicProperties(content_type=message.CONTENT_TYPE))
+        self._send(topology.CONTROL_EXCHANGE, "", Sync(self._sync_marker).encode(),
+                   pika.BasicProperties(content_type=contract.CONTENT_TYPE))
         marker = self._sync_marker
 
         def give_up() -> None:
@@ -356,28 +354,18 @@ class Worker:
             self._control_unacked = 0
 
     def _apply_control(self, body: bytes) -> None:
-        if len(body) > MAX_CONTROL_BYTES:
-            raise InvalidRequest(f"{len(body)} bytes; a control message is at most "
-                                 f"{MAX_CONTROL_BYTES}")
-        command = message.load_json(body, "control message")
-        if not isinstance(command, dict):
-            raise InvalidRequest('not a JSON object like {"action": "cancel", "id": …}')
-        if command.get("type") == message.STARTED:  # a start the portal records
+        command = contract.decode_control(body, MAX_CONTROL_BYTES,
+                                          self.settings.max_message_bytes)
+        if isinstance(command, Started):  # a start the portal records
             if not self._starts.record(command):
-                raise InvalidRequest("a started event without a job id and attempt")
-            return
-        action, job_id = command.get("action"), command.get("id")
-        if action == "sync":
-            if isinstance(job_id, str) and job_id == self._sync_marker:
-                self._start_consuming()
-            elif isinstance(job_id, str) and job_id in self._syncs:
-                self._syncs.pop(job_id)()
-            return
-        if action != "cancel":
-            raise InvalidRequest(f"unknown action {shown(action, 40)}")
-        if not isinstance(job_id, str) or not message.is_job_id(job_id):
-            raise InvalidRequest(f"id {shown(job_id, 60)}: {message.JOB_ID_RULE}")
-        self._cancel(job_id)
+                raise InvalidRequest(f"a started event of job {command.id} with attempt "
+                                     f"{command.attempt}, beyond belief")
+        elif isinstance(command, Cancel):
+            self._cancel(command.id)
+        elif command.id == self._sync_marker:
+            self._start_consuming()
+        elif command.id in self._syncs:
+            self._syncs.pop(command.id)()
 
     def _cancel(self, job_id: str) -> None:
         with self._lock:
@@ -428,9 +416,8 @@ class Worker:
         assert self._connection is not None
         marker = str(uuid.uuid4())
         self._syncs[marker] = then
-        self._send(topology.CONTROL_EXCHANGE, "",
-                   json.dumps({"action": "sync", "id": marker}).encode(),
-                   pika.BasicProperties(content_type=message.CONTENT_TYPE))
+        self._send(topology.CONTROL_EXCHANGE, "", Sync(marker).encode(),
+                   pika.BasicProperties(content_type=contract.CONTENT_TYPE))
 
         def give_up() -> None:
             waiting = self._syncs.pop(marker, None)
@@ -454,7 +441,7 @@ class Worker:
 
     def _handle(self, delivery: Delivery, body: bytes) -> None:
         try:
-            delivery.digest = message.request_digest(body)
+            delivery.digest = contract.request_digest(body)
             job = self._read(delivery, body)
         except Exception as exc:  # noqa: BLE001 - any failure to read is a rejected request
             try:
@@ -490,7 +477,7 @@ class Worker:
             cancelled = job.id in self._cancelled
         if cancelled:
             log.info("job %s was cancelled before it ran", job.id)
-            self._finish(delivery, job, runner.Outcome(message.CANCELLED, None, 0, False, 0,
+            self._finish(delivery, job, runner.Outcome(contract.CANCELLED, None, 0, False, 0,
                                                        reason="cancelled before it started"))
             return
         if job.tool in builtins.NAMES:
@@ -513,14 +500,13 @@ class Worker:
             self.metrics.job_started(job.tool)
 
             def emit(stream: str, offset: int, data: str) -> None:
-                self._publish(delivery, {"type": message.OUTPUT, "id": job.id,
-                                         "attempt": job.attempt, "stream": stream,
-                                         "offset": offset, "data": data})
+                self._publish(delivery, Output(job.id, job.attempt, stream, offset, data,
+                                               delivery.digest))
 
             outcome = runner.run(self.settings, job, emit, control)
         except Exception:
             log.exception("job %s crashed the worker's job thread", job.id)
-            outcome = runner.Outcome(message.FAILED, None, 0, False, 0,
+            outcome = runner.Outcome(contract.FAILED, None, 0, False, 0,
                                      reason="internal error in the worker; see its log")
         finally:
             with self._lock:
@@ -540,7 +526,7 @@ class Worker:
                 control: runner.Control) -> None:
         if control.abandon:
             return  # killed, not finished: the broker delivers it again
-        if outcome.state == message.REJECTED:
+        if outcome.state == contract.REJECTED:
             self._reject(delivery, job.id, outcome.reason or "rejected", job.tool)
             return
         self._finish(delivery, job, outcome)
@@ -559,10 +545,8 @@ class Worker:
             self.process_counter.release(job.id)
 
         def on_running(started_ts: float) -> None:
-            self._publish(delivery, {"type": message.STARTED, "id": job.id, "tool": job.tool,
-                                     "args": job.args, "attempt": job.attempt,
-                                     "worker": self.name,
-                                     "ts": started_ts})
+            self._publish(delivery, Started(job.id, job.attempt, self.name, started_ts,
+                                            job.tool, delivery.digest, tuple(job.args)))
 
         return runner.Control(on_spawn=on_spawn, on_exit=on_exit, on_running=on_running,
                               zygote=self.zygote)
@@ -576,38 +560,20 @@ class Worker:
                                   f"{self.settings.max_message_bytes} per request "
                                   "(from OCHO_MAX_REQUEST_BYTES)", field="body")
         _check_properties(delivery)
-        raw = message.load_json_object(body)
-        raw["id"] = message.amqp_job_id(raw.get("id"), delivery.properties.message_id)
-        request = message.load_request(raw)
-        if delivery.routing_key != request["tool"]:
+        request = JobRequest.decode(body, delivery.properties.message_id)
+        if delivery.routing_key != request.tool:
             raise InvalidRequest(f"routing key {shown(delivery.routing_key, 80)!r} is not the "
-                                 f"tool {request['tool']!r}: publish with routing key = tool",
+                                 f"tool {request.tool!r}: publish with routing key = tool",
                                  field="routing_key")
-        files = self._files(request)
-        if request["tool"] not in builtins.NAMES and \
-                runner.tool_path(self.settings, request["tool"]) is None:
-            raise InvalidRequest(f"unknown tool {request['tool']!r}", field="tool")
-        if self._is_copy_of_running(request["id"], delivery):
+        contract.check(request, self.settings)  # the same caps as over HTTP
+        if request.tool not in builtins.NAMES and \
+                runner.tool_path(self.settings, request.tool) is None:
+            raise InvalidRequest(f"unknown tool {request.tool!r}", field="tool")
+        if self._is_copy_of_running(request.id, delivery):
             return None
-        timeout = min(request["timeout"] or self.settings.default_timeout,
-                      self.settings.max_timeout)
-        return runner.Job(request["id"], request["tool"], request["args"], files, timeout,
-                          delivery.attempt)
-
-    def _files(self, request: dict[str, Any]) -> dict[str, bytes]:
-        files = message.decode_files(request["files"])
-        if len(files) > self.settings.max_files:
-            raise InvalidRequest(f"files: {len(files)} files; at most {self.settings.max_files}"
-                                 " are allowed per job", field="files")
-        for name, content in files.items():
-            if len(content) > self.settings.max_file_bytes:
-                raise InvalidRequest(f"files.{name}: {len(content)} bytes; at most "
-                                     f"{self.settings.max_file_bytes} per file", field="files")
-        total = sum(len(content) for content in files.values())
-        if total > self.settings.max_request_bytes:
-            raise PayloadTooLarge(f"files: {total} bytes in all; at most "
-                                  f"{self.settings.max_request_bytes} per job", field="files")
-        return files
+        request = request.with_timeout(self.settings.default_timeout, self.settings.max_timeout)
+        return runner.Job(request.id, request.tool, list(request.args), dict(request.files),
+                          request.timeout or self.settings.default_timeout, delivery.attempt)
 
     def _is_copy_of_running(self, job_id: str, delivery: Delivery) -> bool:
         """True for a second copy of a request that runs here now; InvalidRequest for
@@ -630,42 +596,41 @@ class Worker:
         log.info("job %s %s: exit %s in %d ms%s", job.id, outcome.state, outcome.exit_code,
                  outcome.ms, " (output truncated)" if outcome.truncated else "")
         self.metrics.job_finished(job.tool, outcome.state, outcome.ms)
-        event = _finished_event(job.id, job.tool, delivery.attempt, outcome, self.name)
-        self._publish(delivery, {**event, "args": job.args}, then_ack=True)
+        event = _finished_event(job.id, job.tool, delivery, outcome, self.name)
+        self._publish(delivery, dataclasses.replace(event, args=tuple(job.args)),
+                      then_ack=True)
 
     def _reject(self, delivery: Delivery, job_id: str | None, reason: str,
                 tool: str | None = None) -> None:
         """Report a request that must never run, then dead-letter it."""
         log.warning("job %s rejected (message_id %s): %s", job_id or "(no usable id)",
                     shown(delivery.properties.message_id or "-", 80), shown(reason, 300))
-        self.metrics.job_finished(tool, message.REJECTED, 0)
-        outcome = runner.Outcome(message.REJECTED, None, 0, False, 0, reason=reason)
+        self.metrics.job_finished(tool, contract.REJECTED, 0)
+        outcome = runner.Outcome(contract.REJECTED, None, 0, False, 0, reason=reason)
         if job_id is not None:
-            self._publish(delivery, _finished_event(job_id, tool, delivery.attempt, outcome,
-                                                    self.name))
+            self._publish(delivery, _finished_event(job_id, tool, delivery, outcome, self.name))
         elif delivery.reply_to:
             # No job to record, but the client may learn why (by its correlation_id):
             # `id` is its message_id as given, if any.
             given = delivery.properties.message_id
             self._publish(delivery, _finished_event(given if isinstance(given, str) else None,
-                                                    tool, delivery.attempt, outcome,
-                                                    self.name), to_events=False)
+                                                    tool, delivery, outcome, self.name),
+                          to_events=False)
         self._on_io_thread(delivery, lambda: delivery.channel.basic_reject(delivery.tag,
                                                                            requeue=False))
 
     # -- publishing through the connection's thread -----------------------------------------
-    def _publish(self, delivery: Delivery, event: dict[str, Any], then_ack: bool = False,
+    def _publish(self, delivery: Delivery, event: contract.Event, then_ack: bool = False,
                  to_events: bool = True) -> None:
-        event.setdefault("digest", delivery.digest)
-        body = message.dump_event(event)
-        routing_key = topology.event_routing_key(event["type"])
+        body = contract.encode_event(event)
+        routing_key = topology.event_routing_key(event.type)
         properties = pika.BasicProperties(
-            content_type=message.CONTENT_TYPE,
+            content_type=contract.CONTENT_TYPE,
             delivery_mode=pika.DeliveryMode.Persistent,
             correlation_id=delivery.correlation_id,
             message_id=str(uuid.uuid4()),
-            type=event["type"],
-            headers={"job_id": event["id"]},
+            type=event.type,
+            headers={"job_id": event.id},
         )
         reply_to = delivery.reply_to
 
@@ -677,7 +642,7 @@ class Worker:
             else:
                 # The broker could not keep the result: run the job again.
                 log.warning("job %s: finished event refused by the broker; requeued",
-                            event["id"])
+                            event.id)
                 delivery.channel.basic_nack(delivery.tag, requeue=True)
 
         def send() -> None:
@@ -740,22 +705,22 @@ class Worker:
                       delivery.properties.message_id, describe(exc))
 
 
-def _finished_event(job_id: str | None, tool: str | None, attempt: int, outcome: runner.Outcome,
-                    worker: str) -> dict[str, Any]:
-    return {"type": message.FINISHED, "id": job_id, "tool": tool, "args": None,
-            "attempt": attempt,
-            "state": outcome.state, "exit_code": outcome.exit_code, "ms": outcome.ms,
-            "truncated": outcome.truncated, "output_bytes": outcome.output_bytes,
-            "reason": outcome.reason, "worker": worker, "started_ts": outcome.started_ts,
-            "output": outcome.tail, "ts": time.time()}
+def _finished_event(job_id: str | None, tool: str | None, delivery: Delivery,
+                    outcome: runner.Outcome, worker: str) -> Finished:
+    return Finished(
+        id=job_id, attempt=delivery.attempt, state=outcome.state, exit_code=outcome.exit_code,
+        ms=outcome.ms, truncated=outcome.truncated, output_bytes=outcome.output_bytes,
+        reason=outcome.reason, tool=tool, worker=worker, started_ts=outcome.started_ts,
+        output=tuple(contract.Chunk(**chunk) for chunk in outcome.tail), ts=time.time(),
+        digest=delivery.digest)
 
 
 def _check_properties(delivery: Delivery) -> None:
     properties = delivery.properties
     content_type = (properties.content_type or "").split(";")[0].strip().lower()
-    if content_type != message.CONTENT_TYPE:
+    if content_type != contract.CONTENT_TYPE:
         raise InvalidRequest(f"content_type {shown(properties.content_type or '', 80)!r}: "
-                             f"must be {message.CONTENT_TYPE}", field="content_type")
+                             f"must be {contract.CONTENT_TYPE}", field="content_type")
     if properties.reply_to and delivery.reply_to is None:
         raise InvalidRequest(f"reply_to {shown(properties.reply_to, 80)!r}: must be a "
                              "server-named queue (amq.gen-…, declare it with an empty name) "
@@ -763,19 +728,6 @@ def _check_properties(delivery: Delivery) -> None:
 
 
 def _identify(delivery: Delivery, body: bytes) -> tuple[str | None, str | None]:
-    """The job id and tool of a request too broken to run, as far as they can be told:
-    an id only if it is a canonical UUID (the message_id first when body and property
-    disagree: the dead letter is known by it)."""
-    message_id = delivery.properties.message_id
-    raw: Any = {}
-    try:
-        raw = message.load_json(body) if body else {}
-    except InvalidRequest:
-        pass
-    raw = raw if isinstance(raw, dict) else {}
-    tool = raw.get("tool")
-    tool = tool if isinstance(tool, str) and message.TOOL_NAME.match(tool) else None
-    for candidate in (message_id, raw.get("id")):
-        if message.is_job_id(candidate):
-            return str(candidate), tool
-    return None, tool
+    """The job id and tool of a request too broken to run, as far as they can be told."""
+    salvaged = contract.salvage(body, delivery.properties.message_id)
+    return salvaged.job_id, salvaged.tool

@@ -15,9 +15,8 @@ Invariants: the count of a job only grows (the highest attempt seen wins, so a
 from __future__ import annotations
 
 import collections
-from typing import Any
 
-from ocho import message
+from ocho.contract import Started
 
 MEMORY = 100_000
 # A started event's attempt above this is not believed (it would dead-letter the job).
@@ -29,13 +28,12 @@ class Starts:
         self._memory = memory
         self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
 
-    def record(self, event: dict[str, Any]) -> bool:
-        """Take note of a `started` event; False if it is not one that can be counted."""
-        job_id, attempt = event.get("id"), event.get("attempt")
-        if not message.is_job_id(job_id) or not isinstance(attempt, int) or \
-                isinstance(attempt, bool) or not 1 <= attempt <= MOST_ATTEMPTS:
+    def record(self, event: Started) -> bool:
+        """Take note of a `started` event (as ocho.contract decoded it: its id a job id,
+        its attempt at least 1); False if its attempt is beyond belief."""
+        if event.attempt > MOST_ATTEMPTS:
             return False
-        key = str(job_id)
+        key, attempt = event.id, event.attempt
         self._counts[key] = max(attempt, self._counts.get(key, 0))
         self._counts.move_to_end(key)
         while len(self._counts) > self._memory:
