@@ -411,25 +411,28 @@ def _bad_name(name: str) -> str:
 # -- control messages ----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Cancel:
-    """On ocho.control: stop job `id`, or never start it."""
+class _Command:
+    """A command on ocho.control: an action and the id it is about."""
 
     id: str
-    action: ClassVar[str] = "cancel"
+    action: ClassVar[str] = ""
 
     def encode(self) -> bytes:
         return _dumps({"action": self.action, "id": self.id})
 
 
 @dataclasses.dataclass(frozen=True)
-class Sync:
+class Cancel(_Command):
+    """On ocho.control: stop job `id`, or never start it."""
+
+    action: ClassVar[str] = "cancel"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sync(_Command):
     """On ocho.control: a worker's marker; when it reads its own, it has read the log."""
 
-    id: str
     action: ClassVar[str] = "sync"
-
-    def encode(self) -> bytes:
-        return _dumps({"action": self.action, "id": self.id})
 
 
 def decode_control(body: bytes, max_bytes: int,
