@@ -13,6 +13,7 @@ SQLite: one machine, nothing to tell).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -57,6 +58,25 @@ class Dialect:
         """Tell other gateways, once this transaction commits, that these jobs changed."""
 
 
+# How long a SQLite connection waits for another one's lock.
+SQLITE_BUSY_S = 30.0
+
+
+def _use_wal(conn: Any) -> None:
+    """Switch the file to WAL. Switching needs the file to itself and SQLite does not
+    wait for that (no busy handler): while another gateway migrates a database made
+    before WAL, try again until the busy time is over."""
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SQLite(Dialect):
     name = "sqlite"
     float_type = "REAL"
@@ -71,10 +91,10 @@ class SQLite(Dialect):
             # Autocommit mode: transactions are explicit (begin/commit) so that a
             # writer takes the lock with BEGIN IMMEDIATE and waits busy_timeout for
             # it, instead of failing when a read transaction tries to upgrade.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=SQLITE_BUSY_S, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(
