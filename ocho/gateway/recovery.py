@@ -10,10 +10,10 @@ tick. Until a sweep ran with the broker connected, it tries every second.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from ocho.gateway import handoff
+from ocho.gateway.background import BackgroundLoop
 
 if TYPE_CHECKING:
     from ocho.gateway.services import Services
@@ -23,23 +23,17 @@ log = logging.getLogger(__name__)
 FIRST_TRY_S = 1.0
 
 
-class Recovery:
+class Recovery(BackgroundLoop):
+    name = "recovery"
+
     def __init__(self, portal: Services) -> None:
+        super().__init__()
         self._portal = portal
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="recovery", daemon=True)
         self._swept = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         interval = self._portal.settings.recover_interval
-        while not self._stopping.wait(interval if self._swept else min(interval, FIRST_TRY_S)):
+        while not self.stopping.wait(interval if self._swept else min(interval, FIRST_TRY_S)):
             try:
                 self._sweep()
             except Exception as exc:

@@ -181,9 +181,10 @@ def _accept_in_batches(server: Any) -> None:
 
     def handle_accept() -> None:
         for _ in range(ACCEPT_BATCH):
-            before = len(server._map)
+            before = len(server.active_channels)
             accept_one()
-            if len(server._map) == before or before + 1 >= server.adj.connection_limit:
+            # readable() is waitress's own test of the connection limit.
+            if len(server.active_channels) == before or not server.readable():
                 return  # none was waiting (or the limit is reached)
 
     server.handle_accept = handle_accept

@@ -10,10 +10,10 @@ sweep the same database: deleting is idempotent and skips rows another holds.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from ocho.errors import StoreUnavailable
+from ocho.gateway.background import BackgroundLoop
 from ocho.gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,14 +24,16 @@ MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 600.0
 
 
-class RetentionSweeper:
+class RetentionSweeper(BackgroundLoop):
+    name = "retention"
+    join_timeout_s = 10.0
+
     def __init__(self, store: Store, retention_s: float) -> None:
+        super().__init__()
         self.store = store
         self.retention_s = retention_s
         self.interval_s = min(MAX_INTERVAL_S, max(MIN_INTERVAL_S, retention_s / 10))
         self.deleted = 0
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
 
     @property
     def enabled(self) -> bool:
@@ -39,12 +41,7 @@ class RetentionSweeper:
 
     def start(self) -> None:
         if self.enabled:
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            super().start()
 
     def sweep(self) -> int:
         """One pass: delete what ended more than the retention ago; how many jobs went."""
@@ -56,7 +53,7 @@ class RetentionSweeper:
         return deleted
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 self.sweep()
             except StoreUnavailable as exc:
@@ -65,4 +62,4 @@ class RetentionSweeper:
             except Exception:
                 log.exception("retention: a pass failed; trying again in %.0f s",
                               self.interval_s)
-            self._stopping.wait(self.interval_s)
+            self.stopping.wait(self.interval_s)

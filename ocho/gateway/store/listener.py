@@ -16,10 +16,10 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from ocho.gateway.background import BackgroundLoop
 from ocho.gateway.store.dialect import CHANGES_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -30,27 +30,22 @@ FIRST_BACKOFF_S = 0.2
 MOST_BACKOFF_S = 10.0
 
 
-class ChangeListener:
+class ChangeListener(BackgroundLoop):
+    name = "store-listener"
+    join_timeout_s = TICK_S * 4
+
     def __init__(self, connect: Callable[[], Any], origin: str,
                  on_change: Callable[[list[str]], None], on_gap: Callable[[], None]) -> None:
+        super().__init__()
         self._connect = connect
         self._origin = origin
         self._on_change = on_change
         self._on_gap = on_gap
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="store-listener", daemon=True)
         self.listening = False
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=TICK_S * 4)
 
     def _run(self) -> None:
         backoff = FIRST_BACKOFF_S
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 self._listen()
                 backoff = FIRST_BACKOFF_S
@@ -58,7 +53,7 @@ class ChangeListener:
                 self.listening = False
                 log.warning("store listener: %s; reconnecting in %.1f s",
                             str(exc).strip() or type(exc).__name__, backoff)
-                self._stopping.wait(backoff)
+                self.stopping.wait(backoff)
                 backoff = min(backoff * 2, MOST_BACKOFF_S)
 
     def _listen(self) -> None:
@@ -67,7 +62,7 @@ class ChangeListener:
             self.listening = True
             log.info("store listener: listening for other gateways' changes")
             self._on_gap()
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 for notice in conn.notifies(timeout=TICK_S):
                     self._heard(notice.payload)
         self.listening = False
