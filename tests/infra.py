@@ -263,6 +263,13 @@ class PrivatePostgres:
     def restart(self) -> None:
         self._pg_ctl("restart", "-m", "fast")
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data: `resume` starts it again."""
+        self._pg_ctl("stop", "-m", "fast")
+
+    def resume(self) -> None:
+        self._pg_ctl("start")
+
     def stop(self) -> None:
         try:
             self._pg_ctl("stop", "-m", "immediate")

@@ -21,7 +21,7 @@ import requests
 
 from ocho.contract import JobRequest, request_digest
 from ocho.gateway.store import Store
-from tests.infra import PrivatePostgres, Stack
+from tests.infra import PrivatePostgres, Stack, wait_for
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "rejected"}
 
@@ -177,6 +177,32 @@ def test_an_idle_gateway_answers_after_its_postgresql_restarted(
                   if r.status_code >= 500]
         assert not failed, f"{failed}\n{stack.logs()}"
         assert {r.status_code for r in answers} <= {200, 202}
+    finally:
+        stack.stop()
+        pg.stop()
+
+
+def test_readiness_says_whether_the_gateway_hears_other_gateways(
+        tmp_path: Path, amqp_url: str, tools_dir: Path) -> None:
+    """/readyz reports the PostgreSQL listener: up, down while the database is away
+    (the store is then down too), and up again once it is back, with no restart."""
+    pg = PrivatePostgres()
+    pg.start()
+    stack = Stack(tmp_path, amqp_url, pg.url, tools_dir=tools_dir)
+
+    def readiness() -> dict[str, Any]:
+        return dict(requests.get(f"{stack.url}/readyz", timeout=10).json())
+
+    try:
+        stack.start_gateway()
+        wait_for(lambda: readiness()["listener"] == "up", timeout=10, what="listener up")
+        pg.halt()
+        wait_for(lambda: readiness()["listener"] == "down", timeout=10, what="listener down")
+        assert readiness()["store"] == "down"
+        pg.resume()
+        wait_for(lambda: readiness() == {"ready": True, "publisher": "up", "recorder": "up",
+                                         "store": "up", "listener": "up"},
+                 timeout=30, what="listener up again")
     finally:
         stack.stop()
         pg.stop()

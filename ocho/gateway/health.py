@@ -8,6 +8,7 @@ from ocho.errors import StoreUnavailable
 from ocho.gateway import counters
 from ocho.gateway.schemas import HEALTH, READINESS
 from ocho.gateway.services import services
+from ocho.gateway.store.listener import ChangeListener
 
 blueprint = Blueprint("health", __name__)
 
@@ -36,10 +37,17 @@ def readyz() -> tuple[Response, int]:
     except StoreUnavailable as exc:
         checks["store"] = "down"
         down.append(f"job store is unreachable ({exc})")
+    checks["listener"] = _listener_state(portal.listener)
     if down:
         return jsonify(READINESS.dump({"ready": False, "error": "not ready: " + "; ".join(down),
                                        **checks})), 503
     return jsonify(READINESS.dump({"ready": True, **checks})), 200
+
+
+def _listener_state(listener: ChangeListener | None) -> str:
+    if listener is None:
+        return "none"
+    return "up" if listener.listening else "down"
 
 
 @blueprint.get("/metrics")

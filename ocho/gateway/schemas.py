@@ -159,6 +159,11 @@ class ReadinessSchema(Schema):
     recorder = _text("the broker connection that records worker events",
                      validate=validate.OneOf(("up", "down")))
     store = _text("the job store", validate=validate.OneOf(("up", "down")))
+    listener = _text(
+        "hearing other gateways' changes (PostgreSQL LISTEN; `none` with SQLite, where "
+        "one gateway writes). `down` does not make the gateway unready: its waits then "
+        "re-read the store, so answers come later, not wrong",
+        validate=validate.OneOf(("up", "down", "none")))
     error = fields.String(metadata={"description": "what is down, when not ready"})
 
 
