@@ -147,6 +147,26 @@ def test_offsets_are_utf8_bytes_and_paging_never_splits_a_character(store: Store
     assert (end.data, end.next_offset, end.finished) == ("", total, True)
 
 
+def test_a_page_that_ends_on_a_chunk_boundary_is_not_the_end(store: Store) -> None:
+    """A page reads only the chunks it can hold, but still says when more follows."""
+    job_id = new_id()
+    store.create_job(job_id, "ls", [], timeout=30)
+    store.apply_event(started(job_id))
+    for index, letter in enumerate("abc"):
+        store.apply_event(output(job_id, index * 4, letter * 4))
+    store.apply_event(finished(job_id))
+    pages, offset, finished_flags = [], 0, []
+    while not finished_flags or not finished_flags[-1]:
+        page = store.read_output(job_id, offset, limit=4)
+        pages.append(page.data)
+        finished_flags.append(page.finished)
+        offset = page.next_offset
+    assert pages == ["aaaa", "bbbb", "cccc"]
+    assert finished_flags == [False, False, True]
+    middle = store.read_output(job_id, 2, limit=6)  # from inside one chunk, across the next
+    assert (middle.data, middle.next_offset, middle.finished) == ("aabbbb", 8, False)
+
+
 def test_a_redelivered_attempt_replaces_the_output(store: Store) -> None:
     job_id = new_id()
     store.create_job(job_id, "deploy", [], timeout=30)

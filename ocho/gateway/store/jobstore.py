@@ -248,11 +248,14 @@ class Store:
         limit = max(4, limit if limit is not None else self.output_cap + NOTICE_ROOM)
         with self.transaction(write=False) as tx:
             job = tx.job(job_id)
+            # Only chunks that can be in the slice: reading every chunk to the end for
+            # each page made tailing a large output quadratic. The one starting right
+            # at the limit tells the slice that more follows.
             rows = tx.fetchall(
                 "SELECT byte_offset, stream, data FROM job_output "
                 "WHERE job_id = ? AND attempt = ? AND byte_offset + byte_size > ? "
-                "ORDER BY byte_offset LIMIT ?",
-                (job_id, job.attempt, offset, CHUNKS_PER_READ))
+                "AND byte_offset <= ? ORDER BY byte_offset LIMIT ?",
+                (job_id, job.attempt, offset, offset + limit, CHUNKS_PER_READ))
         return slice_output(job, rows, offset, limit)
 
     def count_by_state(self) -> dict[str, int]:
