@@ -5,9 +5,9 @@ Invariants: text is decoded as UTF-8 per stream (a character split across reads
 is kept whole, invalid bytes are replaced); offsets count the UTF-8 bytes kept so
 far, across streams, so the chunks of a job never overlap nor leave gaps; at most
 the output cap minus TRUNCATION_NOTE_ROOM is kept (the rest is counted in
-`produced` only, and `truncated` says so); a chunk is at most MAX_CHUNK_BYTES, holds
-one stream, and waits at most the flush interval (`due`). What is still pending
-when the tool ends rides in the `finished` event (`tail`) instead.
+`produced` only, and `truncated` says so); a chunk is sent once it reaches MAX_CHUNK_BYTES,
+holds one stream, and is due (`due`) once it waited the flush interval. What is
+still pending when the tool ends rides in the `finished` event (`tail`) instead.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ A fresh Python with the tools' runtime imported costs every job a few hundred
 ms; a fork of an interpreter that has already imported it costs a few. Each
 worker therefore keeps one zygote process:
 
-- it is started (`python -P -S -c ...`, ocho.worker.zygote_process) with the tools' allow-listed
-  environment only, never the worker's, and imports PRELOAD once;
+- it is started (`python -P -S -c ...`: ocho.worker.zygote_process, its side
+  of all this) with the tools' allow-listed environment only, never the
+  worker's, and imports PRELOAD once;
 - it is single-threaded, and never runs tool code: per job it only forks;
 - per job, the worker sends it over its control socket (SCM_RIGHTS) a fresh
   job socket and the write ends of the stdout/stderr pipes the worker reads.
