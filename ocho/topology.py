@@ -20,6 +20,15 @@ pre-declared by an operator with arguments of their own). Then the queue as
 it is is used (a passive declare), and a warning names the argument that
 differs: the README says how to change them.
 
+The declarations are written once, as data (`declarations`: exchanges, queues with
+their arguments, bindings, in the order they must be made), and walked by two
+drivers that share how each one is sent and what a 406 does: `declare` on a
+blocking channel (the gateway, `ensure`) and `AsyncDeclare` on a SelectConnection
+channel (the worker, on the connection it consumes with). Either ends on the
+channel to go on with, a new one if the broker closed the first over a queue's
+arguments; anything else the broker refuses ends the walk (an exception, or
+`on_failed`).
+
 ocho.jobs' broker delivery limit is a safety net set well above the portal's
 OCHO_DELIVERY_LIMIT (BROKER_DELIVERY_FACTOR times it): the portal's limit
 counts the times a worker started the job (see ocho.worker.starts), and is
@@ -32,8 +41,11 @@ server-named queues (`amq.gen-â€¦`) and direct reply-to (`amq.rabbitmq.reply-toâ
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -92,58 +104,161 @@ def ensure(connection: Any, delivery_limit: int,
         channel.close()
 
 
-def declare(channel: Any, delivery_limit: int, max_queued: int = DEFAULT_MAX_QUEUED,
-            group_size: int = 0, stream_size: int = 0) -> Any:
-    """Declare everything; safe to call again on every (re)connect. Returns the channel
-    to go on with: a new one if the broker closed this one over a queue's arguments.
-    `group_size` and `stream_size` (0: the broker's default) are the replicas of the
-    quorum queues and of the cancel log when they are created."""
-    channel.exchange_declare(JOBS_EXCHANGE, exchange_type="topic", durable=True)
-    channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
-    channel.exchange_declare(EVENTS_EXCHANGE, exchange_type="topic", durable=True)
-    channel.exchange_declare(CONTROL_EXCHANGE, exchange_type="fanout", durable=True)
+@dataclasses.dataclass(frozen=True)
+class Exchange:
+    name: str
+    kind: str  # topic or fanout; always durable
+
+
+@dataclasses.dataclass(frozen=True)
+class Queue:
+    name: str  # always durable
+    arguments: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+Declaration = Exchange | Queue | Binding
+
+
+def declarations(delivery_limit: int, max_queued: int = DEFAULT_MAX_QUEUED,
+                 group_size: int = 0, stream_size: int = 0) -> list[Declaration]:
+    """Everything the portal declares, in order. `group_size` and `stream_size` (0: the
+    broker's default) are the replicas of the quorum queues and of the cancel log when
+    they are created."""
     quorum: dict[str, Any] = {"x-queue-type": "quorum"}
     if group_size:
         quorum["x-quorum-initial-group-size"] = group_size
-    channel = _declare_queue(channel, JOBS_QUEUE, {
-        **quorum,
-        "x-delivery-limit": broker_delivery_limit(delivery_limit),
-        "x-dead-letter-exchange": DEAD_EXCHANGE,
-        # A full queue refuses (nacks) a publish: the publisher learns it at once,
-        # where drop-head would silently lose the oldest request.
-        "x-max-length": max_queued,
-        "x-overflow": "reject-publish",
-    })
-    channel.queue_bind(JOBS_QUEUE, JOBS_EXCHANGE, routing_key="#")
-    channel = _declare_queue(channel, DEAD_QUEUE, quorum)
-    channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key="")
-    channel = _declare_queue(channel, RECORDER_QUEUE, quorum)
-    channel.queue_bind(RECORDER_QUEUE, EVENTS_EXCHANGE, routing_key="job.#")
     stream: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": CONTROL_LOG_MAX_AGE}
     if stream_size:
         stream["x-initial-cluster-size"] = stream_size
-    channel = _declare_queue(channel, CONTROL_LOG, stream)
-    channel.queue_bind(CONTROL_LOG, CONTROL_EXCHANGE, routing_key="")
-    # Every start of a job, as the portal records it, also goes to the log every worker
-    # reads: that is how a worker counts the starts of a job it is handed again.
-    channel.queue_bind(CONTROL_LOG, EVENTS_EXCHANGE, routing_key=event_routing_key("started"))
+    return [
+        Exchange(JOBS_EXCHANGE, "topic"),
+        Exchange(DEAD_EXCHANGE, "fanout"),
+        Exchange(EVENTS_EXCHANGE, "topic"),
+        Exchange(CONTROL_EXCHANGE, "fanout"),
+        Queue(JOBS_QUEUE, {
+            **quorum,
+            "x-delivery-limit": broker_delivery_limit(delivery_limit),
+            "x-dead-letter-exchange": DEAD_EXCHANGE,
+            # A full queue refuses (nacks) a publish: the publisher learns it at once,
+            # where drop-head would silently lose the oldest request.
+            "x-max-length": max_queued,
+            "x-overflow": "reject-publish",
+        }),
+        Binding(JOBS_QUEUE, JOBS_EXCHANGE, "#"),
+        Queue(DEAD_QUEUE, quorum),
+        Binding(DEAD_QUEUE, DEAD_EXCHANGE, ""),
+        Queue(RECORDER_QUEUE, quorum),
+        Binding(RECORDER_QUEUE, EVENTS_EXCHANGE, "job.#"),
+        Queue(CONTROL_LOG, stream),
+        Binding(CONTROL_LOG, CONTROL_EXCHANGE, ""),
+        # Every start of a job, as the portal records it, also goes to the log every
+        # worker reads: that is how a worker counts the starts of a job it is handed again.
+        Binding(CONTROL_LOG, EVENTS_EXCHANGE, event_routing_key("started")),
+    ]
+
+
+def declare(channel: Any, delivery_limit: int, max_queued: int = DEFAULT_MAX_QUEUED,
+            group_size: int = 0, stream_size: int = 0) -> Any:
+    """Declare everything on a blocking channel; safe to call again on every (re)connect.
+    Returns the channel to go on with: a new one if the broker closed this one over a
+    queue's arguments."""
+    for declaration in declarations(delivery_limit, max_queued, group_size, stream_size):
+        if isinstance(declaration, Queue):
+            channel = _declare_queue(channel, declaration)
+        else:
+            _send(channel, declaration)
     return channel
 
 
-def _declare_queue(channel: Any, name: str, arguments: dict[str, Any]) -> Any:
+def _declare_queue(channel: Any, queue: Queue) -> Any:
     """Declare a durable queue; if it exists with other arguments, use it as it is."""
     try:
-        channel.queue_declare(name, durable=True, arguments=arguments)
+        _send(channel, queue)
         return channel
     except Exception as exc:  # pika closes the channel on 406 PRECONDITION_FAILED
-        if getattr(exc, "reply_code", None) != 406:
+        if not _differs(exc):
             raise
-        log.warning("queue %s exists with other arguments than this process's settings "
-                    "(%s; wanted %s); using it as it is: see README, Changing queue limits",
-                    name, getattr(exc, "reply_text", exc), _shown(arguments))
+        _warn_differs(queue, exc)
     channel = channel.connection.channel()
-    channel.queue_declare(name, passive=True)
+    channel.queue_declare(queue.name, passive=True)
     return channel
+
+
+class AsyncDeclare:
+    """Declare everything on a channel of a pika SelectConnection, one reply at a time,
+    then call `on_done` with the channel to go on with (a new one if the broker closed
+    this one over a queue's arguments). If the channel closes for any other reason,
+    `on_failed(channel, reason)` is called instead and the walk ends."""
+
+    def __init__(self, channel: Any, steps: Iterable[Declaration],
+                 on_done: Callable[[Any], None],
+                 on_failed: Callable[[Any, BaseException], None]) -> None:
+        self._channel = channel
+        self._steps = collections.deque(steps)
+        self._step: Declaration | None = None
+        self._on_done = on_done
+        self._on_failed = on_failed
+        self._over = False
+
+    def start(self) -> None:
+        self._channel.add_on_close_callback(self._on_closed)
+        self._next()
+
+    def _next(self, _frame: Any = None) -> None:
+        if not self._steps:
+            self._over = True
+            self._on_done(self._channel)
+            return
+        self._step = self._steps.popleft()
+        _send(self._channel, self._step, callback=self._next)
+
+    def _on_closed(self, channel: Any, reason: BaseException) -> None:
+        if self._over or channel is not self._channel:
+            return  # done, or the channel a 406 closed: its successor goes on
+        if isinstance(self._step, Queue) and _differs(reason):
+            _warn_differs(self._step, reason)
+            channel.connection.channel(on_open_callback=self._on_new_channel)
+            return
+        self._over = True
+        self._on_failed(channel, reason)
+
+    def _on_new_channel(self, channel: Any) -> None:
+        """Use the queue a 406 refused as it is, on a channel of its own."""
+        assert isinstance(self._step, Queue)
+        self._channel = channel
+        channel.add_on_close_callback(self._on_closed)
+        channel.queue_declare(self._step.name, passive=True, callback=self._next)
+
+
+def _send(channel: Any, declaration: Declaration, **reply: Any) -> None:
+    """Send one declaration; `reply` holds the callback of an asynchronous channel."""
+    if isinstance(declaration, Exchange):
+        channel.exchange_declare(declaration.name, exchange_type=declaration.kind,
+                                 durable=True, **reply)
+    elif isinstance(declaration, Queue):
+        channel.queue_declare(declaration.name, durable=True,
+                              arguments=declaration.arguments, **reply)
+    else:
+        channel.queue_bind(declaration.queue, declaration.exchange,
+                           routing_key=declaration.routing_key, **reply)
+
+
+def _differs(exc: BaseException) -> bool:
+    """The broker's 406 PRECONDITION_FAILED: the queue exists with other arguments."""
+    return getattr(exc, "reply_code", None) == 406
+
+
+def _warn_differs(queue: Queue, exc: BaseException) -> None:
+    log.warning("queue %s exists with other arguments than this process's settings "
+                "(%s; wanted %s); using it as it is: see README, Changing queue limits",
+                queue.name, getattr(exc, "reply_text", exc), _shown(queue.arguments))
 
 
 def _shown(arguments: dict[str, Any]) -> str:

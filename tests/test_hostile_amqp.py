@@ -23,7 +23,7 @@ import pika.exceptions
 import pytest
 import requests
 
-from ocho.worker.consumer import CANCEL_LOG_CATCH_UP_S
+from ocho.worker.cancel_log import CANCEL_LOG_CATCH_UP_S
 from tests import infra
 from tests.infra import Stack
 
