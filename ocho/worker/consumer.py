@@ -262,6 +262,10 @@ class Worker:
         control.on_outcome = report
         mine = RunningJob(job, delivery, control)
         self.jobs.add(mine)
+        # A cancel read between the check in _take and add() found no running job to
+        # kill; once the job is in the table, either this check or the cancel sees it.
+        if self.cancel_log.is_cancelled(job.id):
+            control.cancel.set()
         try:
             log.info("job %s started: %s attempt %d", job.id, job.tool, job.attempt)
             self.metrics.job_started(job.tool)

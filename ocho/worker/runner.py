@@ -189,6 +189,9 @@ def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None
     if script.name in job.files:
         return Outcome(message.REJECTED, None, 0, False, 0,
                        reason=f"file name {script.name!r} would overwrite the tool script")
+    if control.cancel.is_set():
+        return Outcome(message.CANCELLED, None, 0, False, 0,
+                       reason="cancelled before it started")
     workdir = prepare_workdir(settings, job, script)
     spawned: list[int] = []
     try:
