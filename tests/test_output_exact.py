@@ -16,9 +16,13 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import pty
 import re
+import select
 import subprocess
 import threading
+import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ import pika
 import pytest
 import requests
 
+from ocho.cli.escape import harmless
 from ocho.client import Client
 from tests import infra
 from tests.infra import Stack
@@ -68,16 +73,25 @@ def test_the_tool_writes_every_kind_of_carriage_return():
     assert STDERR.endswith("last err\r") and STDOUT.endswith("trailing CR\r")
 
 
-@pytest.fixture(scope="module", params=["warm", "cold"])
+@pytest.fixture(scope="module", params=[("warm", "sqlite"), ("cold", "postgresql")],
+                ids=["warm-sqlite", "cold-postgresql"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
           amqp_url: str) -> Iterator[Stack]:
+    """Both ways tools start, and both stores (bytes in SQLite, bytea in PostgreSQL)."""
+    tool_start, store = request.param
     workdir = tmp_path_factory.mktemp("exact")
     tools = infra.clone_tools_dir(workdir / "tools")
-    stack = Stack(workdir, amqp_url, tools_dir=tools, tool_start=request.param)
-    stack.start_gateway()
-    stack.start_worker(concurrency=4)
-    yield stack
-    stack.stop()
+    database, database_url = infra.create_pg_database() if store == "postgresql" \
+        else (None, None)
+    stack = Stack(workdir, amqp_url, database_url, tools_dir=tools, tool_start=tool_start)
+    try:
+        stack.start_gateway()
+        stack.start_worker(concurrency=4)
+        yield stack
+    finally:
+        stack.stop()
+        if database is not None:
+            infra.drop_pg_database(database)
 
 
 # -- reading server-sent events as the specification says --------------------------------------
@@ -271,6 +285,60 @@ def test_ocho_output_prints_it_byte_for_byte(stack: Stack, tmp_path: Path):
                               stdin=subprocess.DEVNULL)
     assert followed.returncode == 0
     assert followed.stdout == STDOUT.encode() and followed.stderr == STDERR.encode()
+
+
+def read_terminals(process: subprocess.Popen[bytes], controllers: dict[str, int],
+                   timeout: float = 60) -> dict[str, bytes]:
+    """All each pty showed until the process ended and closed it."""
+    shown = {name: b"" for name in controllers}
+    open_fds = {fd: name for name, fd in controllers.items()}
+    deadline = time.monotonic() + timeout
+    while open_fds:
+        assert time.monotonic() < deadline, shown
+        ready, _, _ = select.select(list(open_fds), [], [], 0.1)
+        for fd in ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the other side closed
+                data = b""
+            if data:
+                shown[open_fds[fd]] += data
+            else:
+                del open_fds[fd]
+    assert process.wait(timeout=10) == 0
+    return shown
+
+
+def on_terminals(stack: Stack, cwd: Path, *args: str) -> dict[str, str]:
+    """What `ocho ARGS` shows on a terminal for stdout and one for stderr."""
+    controllers, terminals = {}, {}
+    for name in ("stdout", "stderr"):
+        controllers[name], terminals[name] = pty.openpty()
+        tty.setraw(terminals[name])  # no \\n -> \\r\\n translation: the bytes as written
+    try:
+        process = subprocess.Popen([OCHO, *args], cwd=cwd, env=cli_env(stack),
+                                   stdin=subprocess.DEVNULL, stdout=terminals["stdout"],
+                                   stderr=terminals["stderr"])
+        for fd in terminals.values():
+            os.close(fd)
+        shown = read_terminals(process, controllers)
+    finally:
+        for fd in controllers.values():
+            os.close(fd)
+    return {name: data.decode() for name, data in shown.items()}
+
+
+def test_on_a_terminal_a_crlf_is_a_newline_even_split_over_two_events(stack: Stack,
+                                                                      tmp_path: Path):
+    """ocho.cli.escape's rule (\\r\\n is a newline, a lone \\r is shown escaped)
+    applies to the stream, not to each event: a \\r\\n split over two is one newline,
+    and a \\r held back to see what follows is still shown when nothing does."""
+    shown = on_terminals(stack, tmp_path, "crlf", PAUSE)
+    assert shown == {"stdout": harmless(STDOUT), "stderr": harmless(STDERR)}
+    job_id = stack.submit("crlf", ["0"])["id"]
+    assert stack.wait(job_id)["state"] == "succeeded"
+    shown = on_terminals(stack, tmp_path, "output", job_id)
+    assert shown["stdout"].endswith("trailing CR\\x0d") and shown["stderr"] == ""
 
 
 def test_an_uploaded_file_is_printed_back_byte_for_byte(stack: Stack, tmp_path: Path):
