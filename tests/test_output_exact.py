@@ -8,7 +8,12 @@ UTF-8 becomes U+FFFD. The expected text is computed here by that rule from the
 bytes the `crlf` test tool writes (tests/tools/crlf.py), and compared with the
 AMQP events (reply queue and ocho.events), GET /jobs/<id>/output (JSON and text,
 from every chunk boundary), the event stream (live and replayed), POST /shell,
-the `ocho` CLI's stdout and stderr bytes, and ocho.client.
+the `ocho` CLI's stdout and stderr bytes, and ocho.client; with warm and cold
+tool starts, and with SQLite and PostgreSQL stores.
+
+On a terminal (not a pipe) the CLI shows output by ocho.cli.escape's documented
+rule instead (`\\r\\n` is a newline, a lone `\\r` is shown as `\\x0d`), applied
+to the whole stream whatever the event boundaries.
 """
 
 from __future__ import annotations
