@@ -242,6 +242,28 @@ def test_log_tails_each_running_pod(kube_emulator: KubeEmulator, run_emulated) -
     assert "zookeeper: elected leader" in by_pod[marked]
 
 
+
+def test_log_prints_each_line_as_the_pod_wrote_it(kube_emulator: KubeEmulator,
+                                                  run_emulated) -> None:
+    """Emulator: log content needs a container that ran. A line ends at \\n, as
+    Kubernetes counts lines for --tail: a pod's \\r\\n, a progress bar redrawn with
+    \\r, a form feed stay as the pod wrote them (str.splitlines() broke them up)."""
+    assert run_emulated("deploy", "zookeeper.yml", "-p", "1", files=files()).code == 0
+    wait_for(lambda: len(kube_emulator.pods()) == 1, what="1 pod")
+    (pod,) = kube_emulator.pods()
+    name = pod["metadata"]["name"]
+    written = ["windows line\r", "progress 10%\rprogress 100%", "page\x0cbreak\u2028same line"]
+    for line in written:
+        kube_emulator.append_log("default", name, line)
+
+    result = run_emulated("log", "zookeeper", "--tail", "3")
+    assert result.code == 0, result.output
+    assert result.out == f"==> default.zookeeper {name} <==\n" + "".join(
+        line + "\n" for line in written)
+    as_json = json.loads(run_emulated("log", "-j", "zookeeper", "--tail", "3").out)
+    assert as_json["pods"][0]["lines"] == written
+
+
 def test_grep_and_info_of_running_pods(kube_emulator: KubeEmulator, run_emulated) -> None:
     """Emulator: IPs, Running and ready counts need a kubelet to start the containers."""
     assert run_emulated("deploy", "kafka.yml", "-p", "2", files=files()).code == 0

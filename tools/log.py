@@ -90,14 +90,21 @@ def show_logs(args: argparse.Namespace) -> int:
 GONE = "the pod is gone"
 
 
+def log_lines(text: str) -> list[str]:
+    """The log's lines as the pod wrote them. A line ends at \\n only, as Kubernetes
+    counts lines for --tail; str.splitlines() would also end one at \\r (a pod's
+    \\r\\n, a progress bar redrawn in place), \\x0c, \\u2028 and the like."""
+    return text.removesuffix("\n").split("\n") if text else []
+
+
 def read_one(api: KubeApi, pod: Pod, args: argparse.Namespace) -> tuple[list[str], str | None]:
     """(lines, None), or ([], why this pod's log could not be read).
 
     Only a failure that every pod would share (no access, no API) ends the tool.
     """
     try:
-        return api.read_log(pod.name, tail_lines=args.tail,
-                            since_seconds=args.since).splitlines(), None
+        return log_lines(api.read_log(pod.name, tail_lines=args.tail,
+                                      since_seconds=args.since)), None
     except KubeError as exc:
         if exc.fatal:
             raise

@@ -190,6 +190,7 @@ def cmd_output(options: Options, words: list[str], terminal: Terminal) -> int:
         if out["next_offset"] <= offset or not out["data"]:
             break
         offset = out["next_offset"]
+    terminal.end_output()
     if not out["finished"]:
         terminal.note(f"job {parsed.id} is {out['state']}; for the rest: "
                       f"ocho output {parsed.id} --follow")

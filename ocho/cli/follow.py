@@ -36,18 +36,37 @@ RECONNECT_FOR_S = 60.0
 
 
 class Terminal:
-    """Where output and notes go: bytes, flushed at once, so streams interleave in order."""
+    """Where output and notes go: bytes, flushed at once, so streams interleave in order.
+
+    Piped output is written exactly as it came. On a terminal it is made harmless
+    (ocho.cli.escape), where `\\r\\n` is a newline: a `\\r` that ends one piece of
+    output is held back until the next piece, a note or the end of the output
+    (end_output), so a `\\r\\n` split over two events shows as one newline too.
+    """
 
     def __init__(self, verbose: bool = False) -> None:
         self.verbose = verbose
         self._terminals: dict[str, bool] = {}
+        self._held: dict[str, str] = {}  # per stream: a trailing "\r" not yet shown
 
     def write(self, stream: str, text: str) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
         if self._is_terminal(stream, target):
+            text = self._held.pop(stream, "") + text
+            if text.endswith("\r"):
+                text, self._held[stream] = text[:-1], "\r"
             text = harmless(text)  # a tool's escape sequences must not drive the terminal
-        target.buffer.write(text.encode("utf-8", errors="replace"))
-        target.buffer.flush()
+        if text:
+            target.buffer.write(text.encode("utf-8", errors="replace"))
+            target.buffer.flush()
+
+    def end_output(self) -> None:
+        """Show what was held back: no `\\n` came to make a newline of it."""
+        held, self._held = self._held, {}
+        for stream, text in held.items():
+            target = sys.stdout if stream == "stdout" else sys.stderr
+            target.buffer.write(harmless(text).encode())
+            target.buffer.flush()
 
     def _is_terminal(self, stream: str, target: Any) -> bool:
         if stream not in self._terminals:
@@ -58,6 +77,7 @@ class Terminal:
         return self._terminals[stream]
 
     def note(self, text: str) -> None:
+        self.end_output()
         sys.stdout.flush()
         print(f"ocho: {text}", file=sys.stderr, flush=True)
 
@@ -145,6 +165,7 @@ class Follower:
         finally:
             if hint is not None:
                 hint.cancel()
+            self.terminal.end_output()
 
     def _stream_once(self) -> dict[str, Any] | None:
         import http.client

@@ -69,8 +69,11 @@ def run_tool_in(job_dir: Path, tool: str, *args: str, env: dict[str, str],
     if _start["mode"] == "warm":
         return _run_warm(job_dir, tool, list(args), env, timeout)
     completed = subprocess.run([*tool_interpreter(), f"{tool}.py", *args], cwd=job_dir, env=env,
-                               capture_output=True, text=True, timeout=timeout, check=False)
-    return ToolResult(completed.returncode, completed.stdout, completed.stderr)
+                               capture_output=True, timeout=timeout, check=False)
+    # Decoded as the warm path and the worker decode it: text=True would also turn
+    # \r\n and a lone \r into \n (universal newlines) and hide a tool that writes them.
+    return ToolResult(completed.returncode, completed.stdout.decode(errors="replace"),
+                      completed.stderr.decode(errors="replace"))
 
 
 _start = {"mode": "cold"}
