@@ -65,9 +65,13 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def wait(browser: Any, condition: Any, what: str) -> Any:
+    """Until condition() is truthy. The page redraws its job table every few seconds,
+    so an element found a moment ago may be gone: that try is tried again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, WAIT_S, poll_frequency=0.1).until(
+    return WebDriverWait(browser, WAIT_S, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda _: condition(), message=f"waiting for {what}")
 
 
@@ -107,6 +111,21 @@ def test_a_person_uses_the_page(stack: Stack, browser: Any, tmp_path: Path) -> N
     assert "hello from an attached file" in text(browser, "output")
     assert "\\x1b[31mred" in text(browser, "output")
 
+    # 3b. Carriage returns as the CLI shows them on a terminal: \r\n is a newline even
+    # when its halves come in two events, a lone \r is shown, and so is a last one.
+    run_line(browser, "crlf 0.3")
+
+    def shown() -> str:
+        return str(browser.execute_script(
+            "return document.getElementById('output').textContent"))
+
+    # A last \r is held until the output ends: seeing it means the end was handled.
+    wait(browser, lambda: "trailing CR\\x0d" in shown(), "the crlf job's last \\r")
+    output = shown()
+    assert "one\ntwo\n" in output, repr(output)
+    assert "progress 10%\\x0dprogress 50%\nsplit CR\nafter a split CRLF" in output, repr(output)
+    assert "last err\\x0d" in output, repr(output)
+
     # 4. Output arrives live while the job runs; then it is cancelled.
     run_line(browser, "sleep 30")
     wait(browser, lambda: "tick 2" in text(browser, "output"), "live output")
@@ -131,12 +150,19 @@ def test_a_person_uses_the_page(stack: Stack, browser: Any, tmp_path: Path) -> N
     # 7. Recent jobs: quoting kept, a date shown, a word never broken across lines.
     run_line(browser, "args 'zoo*' --dry-run-with-a-long-option-name")
     wait(browser, lambda: text(browser, "state") == "succeeded", "the args job")
-    row = wait(browser, lambda: [r for r in browser.find_elements("css selector", "tr.job")
-                                 if "zoo*" in r.text], "the job in the recent jobs")[0]
-    assert "args 'zoo*' --dry-run-with-a-long-option-name" in row.text
-    assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d:\d\d\b", row.text), row.text
-    for word in row.find_elements("css selector", "td.cmd .word"):
-        assert browser.execute_script("return arguments[0].getClientRects().length", word) == 1
+
+    def recent_row_checked() -> bool:
+        rows = [r for r in browser.find_elements("css selector", "tr.job") if "zoo*" in r.text]
+        if not rows:
+            return False
+        assert "args 'zoo*' --dry-run-with-a-long-option-name" in rows[0].text
+        assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d:\d\d\b", rows[0].text), rows[0].text
+        for word in rows[0].find_elements("css selector", "td.cmd .word"):
+            assert browser.execute_script("return arguments[0].getClientRects().length",
+                                          word) == 1
+        return True
+
+    wait(browser, recent_row_checked, "the job in the recent jobs")
     # ...and nothing sticks out of the page sideways (the badges and dates are seen).
     assert browser.execute_script(
         "return document.documentElement.scrollWidth <= document.documentElement.clientWidth")

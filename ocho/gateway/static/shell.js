@@ -87,12 +87,34 @@ function clearJob(label) {
   state.textContent = label;
   state.className = "state";
   $("meta").textContent = "";
-  $("output").textContent = "";
+  clearOutput();
   $("cancel").disabled = true;
   for (const row of document.querySelectorAll("tr.job.current")) row.classList.remove("current");
 }
 
+// A "\r" that ends a piece of output may be the first half of a "\r\n" split across two
+// events: it waits, per stream, for that stream's next piece or the end of the output.
+let heldCR = {};
+
 function append(text, stream) {
+  text = (heldCR[stream] || "") + text;
+  heldCR[stream] = "";
+  if (text.endsWith("\r")) { heldCR[stream] = "\r"; text = text.slice(0, -1); }
+  show(text, stream);
+}
+
+function flushHeld() {
+  const held = heldCR;
+  heldCR = {};
+  for (const stream of Object.keys(held)) if (held[stream]) show(held[stream], stream);
+}
+
+function clearOutput() {
+  $("output").textContent = "";
+  heldCR = {};
+}
+
+function show(text, stream) {
   const out = $("output");
   const atBottom = out.scrollHeight - out.scrollTop - out.clientHeight < 40;
   const pieces = text.replace(/\r\n/g, "\n").split(CONTROL);
@@ -120,7 +142,7 @@ async function follow(id) {
   const mine = {id, job: null, controller};
   current = mine;
   history.replaceState(null, "", "?job=" + encodeURIComponent(id));  // a link to this job
-  $("output").textContent = "";
+  clearOutput();
   showError("");
   pollState(mine);
   let lastId = null;
@@ -162,7 +184,7 @@ async function readEvents(mine, response, seen) {
         append(d.data, d.stream);
         markRunning(mine);
       }
-      else if (event.type === "attempt") { $("output").textContent = ""; }
+      else if (event.type === "attempt") { clearOutput(); }
       else if (event.type === "finished") { finish(mine, JSON.parse(event.data)); return true; }
     }
   }
@@ -220,6 +242,7 @@ async function pollState(mine) {
 function finish(mine, job) {
   mine.job = job;
   if (current === mine) {
+    flushHeld();
     showJob(job);
     if (!$("output").textContent) {
       // Say so rather than leave an empty box (a job cancelled before it wrote anything).
@@ -314,7 +337,7 @@ async function showHelp(name) {
   try {
     const help = await api("GET", "/tools/" + encodeURIComponent(name));
     clearJob("help: " + name);
-    append(help.help, "stdout");
+    show(help.help, "stdout");
   } catch (e) { showError(e.message); }
 }
 
