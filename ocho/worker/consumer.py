@@ -71,7 +71,7 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Forked first, while this process has a single thread.
         self.reaper = Reaper()
-        self.process_counter = ProcessCounter(settings, str(os.getpid()))
+        self.process_counter = ProcessCounter(settings, str(os.getpid()), self.reaper.pid)
         self.zygote = runner.start_zygote(settings)  # warm tool starts; None when cold
         self.pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="job")
         self.stopping = threading.Event()
@@ -183,6 +183,7 @@ class Worker:
 
     def _dispatch(self, channel: pika.channel.Channel, method: Any,
                   props: pika.BasicProperties, body: bytes) -> None:
+        self.process_counter.prime()  # its tool will be moved into a cgroup soon
         attempt = self.cancel_log.starts(props.message_id) + 1
         delivery = Delivery(channel, method.delivery_tag, props, attempt,
                             str(method.routing_key or ""))
