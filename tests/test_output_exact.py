@@ -42,7 +42,8 @@ from tests import infra
 from tests.infra import Stack
 
 OCHO = str(Path(infra.BIN) / "ocho")
-PAUSE = "0.3"  # seconds between the tool's writes: past the worker's 0.2 s flush interval
+FLUSH_MS = 20  # the worker's output flush interval in these stacks (default 200)
+PAUSE = "0.06"  # seconds between the tool's writes: past that flush interval
 
 
 def load_pieces() -> tuple[tuple[str, bytes], ...]:
@@ -88,7 +89,8 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tools = infra.clone_tools_dir(workdir / "tools")
     database, database_url = infra.create_pg_database() if store == "postgresql" \
         else (None, None)
-    stack = Stack(workdir, amqp_url, database_url, tools_dir=tools, tool_start=tool_start)
+    stack = Stack(workdir, amqp_url, database_url, tools_dir=tools, tool_start=tool_start,
+                  output_flush_ms=FLUSH_MS)
     try:
         stack.start_gateway()
         stack.start_worker(concurrency=4)
