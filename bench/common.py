@@ -74,8 +74,8 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def descendants(pid: int) -> list[int]:
-    """pid and every live process below it."""
+def live_children() -> dict[int, list[int]]:
+    """Every live (not zombie) process, by its parent's pid."""
     children: dict[int, list[int]] = collections.defaultdict(list)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -86,6 +86,12 @@ def descendants(pid: int) -> list[int]:
             continue
         if fields[0] != "Z":
             children[int(fields[1])].append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every live process below it."""
+    children = live_children()
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -150,8 +156,13 @@ class CpuMeter:
         now = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.named.items()}
         times = os.times()
         now["client"] = times.user + times.system
+        # Tools: the reaped children of this process and of the named ones, and what
+        # their live children (a worker's tool zygote and its reaped middle processes:
+        # the forks of warm starts) used so far.
+        children = live_children()
         now["tools"] = times.children_user + times.children_system + sum(
             cpu_seconds(pid, children=True) - cpu_seconds(pid)
+            + sum(cpu_seconds(child, children=True) for child in children.get(pid, ()))
             for pids in self.named.values() for pid in pids)
         return now
 

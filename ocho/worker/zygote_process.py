@@ -46,8 +46,6 @@ def main() -> NoReturn:
     # Ctrl-C and the like are for the worker, which closes the control socket.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload([name for name in modules.split(",") if name])
-    # The middle processes of the double fork are reaped by the kernel.
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     gc.freeze()  # no copy-on-write of the preloaded objects by the collector
     control = socket.socket(fileno=control_fd)
     control.send(b"ready")
@@ -68,23 +66,41 @@ def _preload(modules: list[str]) -> None:
 
 
 def _serve(control: socket.socket, worker_pid: int, fresh: Any) -> None:
+    middles: set[int] = set()
     while True:
+        _reap(middles)
         try:
             _, fds, _, _ = socket.recv_fds(control, 16, 3)
         except OSError:
             return
         if not fds:
             return  # the worker is gone, or closed us
-        if len(fds) == 3 and os.fork() == 0:
-            # The middle process: fork the tool and exit, so the worker adopts it.
-            try:
-                if os.fork() == 0:
-                    control.close()
-                    _become_tool(fds, worker_pid, fresh)
-            finally:
-                os._exit(0)
+        if len(fds) == 3:
+            middle = os.fork()
+            if middle == 0:
+                # The middle process: fork the tool and exit, so the worker adopts it.
+                try:
+                    if os.fork() == 0:
+                        control.close()
+                        _become_tool(fds, worker_pid, fresh)
+                finally:
+                    os._exit(0)
+            middles.add(middle)
         for fd in fds:
             os.close(fd)
+
+
+def _reap(middles: set[int]) -> None:
+    """Wait for the middle processes that have exited. Waited for, not left to the
+    kernel (SIGCHLD ignored), so that their CPU time is counted: it is part of what a
+    warm start costs, and shows in the zygote's children's times."""
+    for pid in list(middles):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            middles.discard(pid)
 
 
 def _become_tool(fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
