@@ -17,11 +17,8 @@ worker goes on (control messages: ocho.worker.cancel_log). Its `attempt` is 1 +
 the times the portal recorded the job as started (the `started` events read from
 the cancel log, read up to date before a redelivery is looked at); once that
 reaches OCHO_DELIVERY_LIMIT the request is rejected instead of run. Redeliveries
-caused by lost nodes or channels do not count. A first delivery's `started` waits
-until its tool has run for the output flush interval (a short job costs no such
-event); a redelivered request's is published, and confirmed by the broker, before
-its tool runs, so a tool that kills its worker at once still uses up an attempt.
-A second copy of a request that runs here now is acked without running it twice.
+caused by lost nodes or channels do not count. A second copy of a request that
+runs here now is acked without running it twice.
 
 Invariants: jobs run only in the pool's job threads, and everything the broker
 sees happens on the I/O loop of the main thread. A lost connection abandons the
@@ -65,8 +62,6 @@ log = logging.getLogger("ocho.worker")
 
 # How often the I/O loop looks at the stop flag.
 TICK_S = 0.1
-# How long a redelivered job waits for the broker to confirm its `started` event.
-START_CONFIRM_WAIT_S = 5.0
 
 
 class Worker:
@@ -191,7 +186,7 @@ class Worker:
         self.process_counter.prime()  # its tool will be moved into a cgroup soon
         attempt = self.cancel_log.starts(props.message_id) + 1
         delivery = Delivery(channel, method.delivery_tag, props, attempt,
-                            str(method.routing_key or ""), redelivered=bool(method.redelivered))
+                            str(method.routing_key or ""))
         try:
             self.pool.submit(self.metrics.in_slot(self._handle), delivery, body)
         except RuntimeError:  # the pool is shut down: unacked, the broker redelivers it
@@ -258,14 +253,6 @@ class Worker:
 
     def _run(self, delivery: Delivery, job: runner.Job) -> None:
         control = self._control_for(job, delivery)
-        if delivery.redelivered:
-            # Handed out before: maybe its tool killed the worker it ran on, too fast for
-            # the deferred `started`. Recorded before the tool runs, every such start
-            # counts towards OCHO_DELIVERY_LIMIT.
-            control.on_running = None
-            if not self.reports.started_for_sure(delivery, job, START_CONFIRM_WAIT_S):
-                log.warning("job %s: its start was not confirmed in %ss; running it anyway",
-                            job.id, START_CONFIRM_WAIT_S)
         reported = False
 
         def report(outcome: runner.Outcome) -> None:

@@ -34,7 +34,6 @@ class Delivery:
     attempt: int
     routing_key: str = ""
     digest: str | None = None  # of the body; set by the job thread (hashing takes time)
-    redelivered: bool = False  # the broker handed it out before
 
     @property
     def correlation_id(self) -> str | None:

@@ -69,11 +69,9 @@ class Publisher:
 
     # -- from job threads ------------------------------------------------------------------
     def publish(self, delivery: Delivery, event: contract.Event, then_ack: bool = False,
-                to_events: bool = True,
-                on_confirmed: Callable[[bool], None] | None = None) -> None:
+                to_events: bool = True) -> None:
         """Publish an event of the delivery's job; with `then_ack`, ack the request once
-        the broker confirmed the event, else call `on_confirmed(ack)` then, if given.
-        `to_events=False` sends it to the reply queue only."""
+        the broker confirmed the event. `to_events=False` sends it to the reply queue only."""
         properties = pika.BasicProperties(
             content_type=contract.CONTENT_TYPE,
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -82,8 +80,7 @@ class Publisher:
             type=event.type,
             headers={"job_id": event.id},
         )
-        settle = functools.partial(self._settle, delivery, event.id) if then_ack else \
-            on_confirmed
+        settle = functools.partial(self._settle, delivery, event.id) if then_ack else None
         outgoing = Outgoing(contract.encode_event(event), topology.event_routing_key(event.type),
                             properties, delivery.reply_to, to_events, settle)
         self.on_io_thread(delivery, functools.partial(self._send_event, outgoing))

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-from collections.abc import Callable
 
 from ocho import contract
 from ocho.contract import Finished, Output, Started, shown
@@ -33,18 +31,9 @@ class Reporter:
         self._metrics = metrics
         self._name = name
 
-    def started(self, delivery: Delivery, job: runner.Job, started_ts: float,
-                on_confirmed: Callable[[bool], None] | None = None) -> None:
+    def started(self, delivery: Delivery, job: runner.Job, started_ts: float) -> None:
         self._publisher.publish(delivery, Started(job.id, job.attempt, self._name, started_ts,
-                                                  job.tool, delivery.digest, tuple(job.args)),
-                                on_confirmed=on_confirmed)
-
-    def started_for_sure(self, delivery: Delivery, job: runner.Job, wait_s: float) -> bool:
-        """Publish `started` and wait until the broker has it (at most `wait_s`): then a
-        tool that kills this worker at once still counts as a start."""
-        confirmed = threading.Event()
-        self.started(delivery, job, time.time(), lambda _ack: confirmed.set())
-        return confirmed.wait(wait_s)
+                                                  job.tool, delivery.digest, tuple(job.args)))
 
     def output(self, delivery: Delivery, job: runner.Job, stream: str, offset: int,
                data: str) -> None:
