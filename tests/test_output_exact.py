@@ -42,8 +42,7 @@ from tests import infra
 from tests.infra import Stack
 
 OCHO = str(Path(infra.BIN) / "ocho")
-FLUSH_MS = 20  # the worker's output flush interval in these stacks (default 200)
-PAUSE = "0.06"  # seconds between the tool's writes: past that flush interval
+PAUSE = "0.3"  # seconds between the tool's writes: past the worker's 0.2 s flush interval
 
 
 def load_pieces() -> tuple[tuple[str, bytes], ...]:
@@ -89,8 +88,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tools = infra.clone_tools_dir(workdir / "tools")
     database, database_url = infra.create_pg_database() if store == "postgresql" \
         else (None, None)
-    stack = Stack(workdir, amqp_url, database_url, tools_dir=tools, tool_start=tool_start,
-                  output_flush_ms=FLUSH_MS)
+    stack = Stack(workdir, amqp_url, database_url, tools_dir=tools, tool_start=tool_start)
     try:
         stack.start_gateway()
         stack.start_worker(concurrency=4)
