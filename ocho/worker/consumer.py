@@ -59,6 +59,9 @@ from ocho.worker.reaper import Reaper
 from ocho.worker.reports import Reporter
 
 log = logging.getLogger("ocho.worker")
+# How long a redelivered request's tool waits for its `started` event's confirm (a
+# quorum queue without a leader may take seconds; the tool then starts anyway).
+STARTED_CONFIRM_WAIT_S = 1.0
 
 # How often the I/O loop looks at the stop flag.
 TICK_S = 0.1
@@ -186,7 +189,7 @@ class Worker:
         self.process_counter.prime()  # its tool will be moved into a cgroup soon
         attempt = self.cancel_log.starts(props.message_id) + 1
         delivery = Delivery(channel, method.delivery_tag, props, attempt,
-                            str(method.routing_key or ""))
+                            str(method.routing_key or ""), bool(method.redelivered))
         try:
             self.pool.submit(self.metrics.in_slot(self._handle), delivery, body)
         except RuntimeError:  # the pool is shut down: unacked, the broker redelivers it
@@ -293,11 +296,24 @@ class Worker:
     def _control_for(self, job: runner.Job, delivery: Delivery) -> runner.Control:
         """The tool's process group is known to the reaper (so it dies with this
         worker) and counted in a pids cgroup for as long as it runs; `started` is
-        published once the runner says the job has run long enough to need it."""
+        published once the runner says the job has run long enough to need it, or
+        before the tool starts for a redelivered request."""
         return runner.Control(on_spawn=functools.partial(self._on_spawn, job.id),
                               on_exit=functools.partial(self._on_exit, job.id),
-                              on_running=functools.partial(self.reports.started, delivery, job),
+                              on_running=functools.partial(self._announce, delivery, job),
+                              announce_at_start=delivery.redelivered,
                               zygote=self.zygote)
+
+    def _announce(self, delivery: Delivery, job: runner.Job, started_ts: float) -> None:
+        """Publish `started`. A redelivered request is announced before its tool is
+        started, and the tool waits for the broker's confirm (at most
+        STARTED_CONFIRM_WAIT_S): a tool that kills its worker at once still counts as
+        started, and such a poison request is rejected at OCHO_DELIVERY_LIMIT."""
+        confirmed = threading.Event() if delivery.redelivered else None
+        self.reports.started(delivery, job, started_ts, confirmed)
+        if confirmed is not None and not confirmed.wait(STARTED_CONFIRM_WAIT_S):
+            log.warning("job %s: started event not confirmed within %ss; the tool starts "
+                        "anyway", job.id, STARTED_CONFIRM_WAIT_S)
 
     def _on_spawn(self, job_id: str, pid: int) -> None:
         self.reaper.track(pid)

@@ -33,6 +33,8 @@ class Delivery:
     properties: pika.BasicProperties
     attempt: int
     routing_key: str = ""
+    # Delivered before (the broker's flag): its tool may have killed a worker.
+    redelivered: bool = False
     digest: str | None = None  # of the body; set by the job thread (hashing takes time)
 
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -69,9 +70,10 @@ class Publisher:
 
     # -- from job threads ------------------------------------------------------------------
     def publish(self, delivery: Delivery, event: contract.Event, then_ack: bool = False,
-                to_events: bool = True) -> None:
+                to_events: bool = True, confirmed: threading.Event | None = None) -> None:
         """Publish an event of the delivery's job; with `then_ack`, ack the request once
-        the broker confirmed the event. `to_events=False` sends it to the reply queue only."""
+        the broker confirmed the event; `confirmed` is set then (acked or not).
+        `to_events=False` sends it to the reply queue only."""
         properties = pika.BasicProperties(
             content_type=contract.CONTENT_TYPE,
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -80,7 +82,11 @@ class Publisher:
             type=event.type,
             headers={"job_id": event.id},
         )
-        settle = functools.partial(self._settle, delivery, event.id) if then_ack else None
+        settle: Callable[[bool], None] | None = None
+        if then_ack:
+            settle = functools.partial(self._settle, delivery, event.id)
+        elif confirmed is not None:
+            settle = _setter(confirmed)
         outgoing = Outgoing(contract.encode_event(event), topology.event_routing_key(event.type),
                             properties, delivery.reply_to, to_events, settle)
         self.on_io_thread(delivery, functools.partial(self._send_event, outgoing))
@@ -161,3 +167,7 @@ class Publisher:
             log.error("event for job %s unroutable on %s (%s): is %s bound?",
                       (properties.headers or {}).get("job_id"), method.exchange,
                       method.reply_text, topology.RECORDER_QUEUE)
+
+
+def _setter(event: threading.Event) -> Callable[[bool], None]:
+    return lambda _confirmed: event.set()

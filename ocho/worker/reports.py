@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 
 from ocho import contract
@@ -31,9 +32,12 @@ class Reporter:
         self._metrics = metrics
         self._name = name
 
-    def started(self, delivery: Delivery, job: runner.Job, started_ts: float) -> None:
+    def started(self, delivery: Delivery, job: runner.Job, started_ts: float,
+                confirmed: threading.Event | None = None) -> None:
+        """Publish the job's `started` event; `confirmed` is set once the broker confirms it."""
         self._publisher.publish(delivery, Started(job.id, job.attempt, self._name, started_ts,
-                                                  job.tool, delivery.digest, tuple(job.args)))
+                                                  job.tool, delivery.digest, tuple(job.args)),
+                                confirmed=confirmed)
 
     def output(self, delivery: Delivery, job: runner.Job, stream: str, offset: int,
                data: str) -> None:

@@ -79,6 +79,10 @@ class Control:
     # event or once it has run for the output flush interval, whichever comes
     # first; never for a job that ends sooner: its `finished` says it all.
     on_running: Callable[[float], None] | None = None
+    # Call on_running just before the tool is started, not later: for a
+    # redelivered request, whose tool may kill its worker at once (a poison
+    # message), so that even such a start is counted towards OCHO_DELIVERY_LIMIT.
+    announce_at_start: bool = False
     # Called with the outcome of a job that ran, before its directory is removed.
     on_outcome: Callable[[Outcome], None] | None = None
     # The worker's tool zygote, for warm starts (OCHO_TOOL_START=warm).
@@ -235,6 +239,8 @@ def _run_in(settings: Settings, job: Job, emit: Emit, control: Control, workdir:
         emit(stream, offset, data)
 
     sink = OutputSink(emit_running, settings.output_cap, flush_seconds)
+    if control.announce_at_start:
+        announce()  # before the tool exists: a cold one runs as soon as it is started
     try:
         proc = start_tool(settings, job, workdir, script_name, control.zygote)
     except OSError as exc:
