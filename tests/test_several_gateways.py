@@ -26,6 +26,18 @@ from tests.infra import PrivatePostgres, Stack, wait_for
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "rejected"}
 
 
+def listed_ids(url: str) -> set[str]:
+    """Every job id GET /jobs lists, page by page (each page's `next` to the next)."""
+    ids: set[str] = set()
+    params: dict[str, Any] = {"limit": 500}
+    while True:
+        page = requests.get(f"{url}/jobs", params=params, timeout=10).json()
+        ids |= {job["id"] for job in page["jobs"]}
+        if not page.get("next"):
+            return ids
+        params["before"] = page["next"]
+
+
 def post_until_answered(url: str, body: dict[str, Any], deadline: float,
                         ) -> list[requests.Response]:
     """POST /jobs as a careful client does: the same body (same id) again after a lost
@@ -58,9 +70,7 @@ def test_a_gateway_killed_again_and_again_while_submitting_loses_no_job(
     lock = threading.Lock()
 
     def client(index: int) -> None:
-        for _ in range(60):
-            if stop.is_set():
-                return
+        while not stop.is_set():
             body = {"id": str(uuid.uuid4()), "tool": "exit", "args": ["0", f"c{index}"]}
             answers = post_until_answered(stack.url, body, deadline)
             with lock:
@@ -71,7 +81,14 @@ def test_a_gateway_killed_again_and_again_while_submitting_loses_no_job(
     try:
         for thread in clients:
             thread.start()
-        for _kill in range(6):
+        # At least 6 kills, more until one hit a submit between its store and its
+        # answer (what this test is about; how soon that happens varies).
+        for kill in range(20):
+            with lock:
+                found_one = any(len(answers) > 1 and answers[-1].status_code == 200
+                                for answers in answered.values())
+            if kill >= 6 and found_one:
+                break
             time.sleep(random.uniform(0.3, 0.8))
             assert stack.gateway is not None
             stack.gateway.kill()  # SIGKILL: no goodbye, whatever it was doing
@@ -89,8 +106,7 @@ def test_a_gateway_killed_again_and_again_while_submitting_loses_no_job(
         assert not stuck, f"jobs not ended: {stuck}\n{stack.logs()}"
         assert {job["state"] for job in finals.values()} == {"succeeded"}
         # No duplicate and no stranger: the store holds exactly the clients' jobs.
-        listed = requests.get(f"{stack.url}/jobs", params={"limit": 500}, timeout=10).json()
-        assert {job["id"] for job in listed["jobs"]} == set(answered)
+        assert listed_ids(stack.url) == set(answered)
         # Every submit was answered in the end: 202 (new), or 200 with the job a retry
         # found already there, with its state (`submitting` if its gateway died before
         # the broker confirmed it: a recovery sweep then published it).

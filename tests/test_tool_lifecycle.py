@@ -38,6 +38,10 @@ def deploy_all(kube: KubeNamespace, run_tool) -> None:
     assert "100% success / spawned 6 pod(s)" in result.out
     for cluster in ("zookeeper", "kafka", "redis"):
         kube.wait_for_pods(2, f"ocho.io/cluster={cluster}")
+    # The tools report a controller's pods as its status counts them, which the
+    # controller manager updates a little after it made them.
+    kube.wait(lambda: [rc.get("status", {}).get("replicas") for rc in kube.controllers()]
+              == [2, 2, 2], "the controllers' status to count their pods")
 
 
 def test_deploy_ls_grep_info_on_the_real_api(kube: KubeNamespace, run_tool) -> None:
