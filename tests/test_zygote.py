@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ocho.settings import Settings
-from ocho.worker import reaper, runner, zygote
+from ocho.worker import reaper, runner, sibling_fork, zygote
 from tests.infra import wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -39,9 +39,12 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-@pytest.fixture(scope="module")
-def warm(tools: Path) -> Iterator[zygote.Zygote]:
-    handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)))
+@pytest.fixture(scope="module", params=["fork-once", "fork-twice"])
+def warm(tools: Path, request: pytest.FixtureRequest) -> Iterator[zygote.Zygote]:
+    """A zygote forking each tool once (CLONE_PARENT), or twice where that cannot be
+    done: every warm test runs both ways."""
+    handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)),
+                           fork_once=request.param == "fork-once")
     assert handle.wait_ready(60), "the zygote never became ready"
     yield handle
     handle.close()  # the process stays a subreaper: tests/kube/toolrun.py's zygote may need it
@@ -250,3 +253,52 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
         wait_for(lambda: _gone(zygote_pid), timeout=5, what="the zygote to die with its worker")
     finally:
         stack.stop()
+
+
+def test_a_sibling_fork_is_a_fork_whose_child_is_the_caller_s_parent_s():
+    """ocho.worker.sibling_fork as the zygote uses it: in a single-threaded child of
+    this process, the sibling it forks is this process's child (whose exit status
+    this process reads), glibc knows the sibling's own tid, and os.fork's hooks ran
+    in it (random is reseeded, so two siblings draw different numbers)."""
+    assert sibling_fork.make() is None or os.uname().machine in sibling_fork.CLONE_SYSCALLS
+    read_end, write_end = os.pipe()
+    caller = os.fork()
+    if caller == 0:  # the zygote's place: single-threaded
+        try:
+            fork = sibling_fork.make()
+            if fork is None:
+                os.write(write_end, b"unsupported\n")
+                os._exit(0)
+            for _ in range(2):
+                if fork() == 0:
+                    os.write(write_end, json.dumps(_seen_by_sibling()).encode() + b"\n")
+                    os._exit(7)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as lines:
+        seen = [json.loads(line) for line in lines if line != "unsupported\n"]
+    statuses = {pid: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                for pid in [caller, *(sibling["pid"] for sibling in seen)]}
+    assert statuses[caller] == 0
+    if os.uname().machine not in sibling_fork.CLONE_SYSCALLS:
+        assert not seen
+        return
+    assert len(seen) == 2
+    for sibling in seen:
+        assert sibling["ppid"] == os.getpid() and statuses[sibling["pid"]] == 7
+        assert sibling["glibc_tid"] == sibling["tid"] == sibling["pid"]
+    assert seen[0]["random"] != seen[1]["random"]
+
+
+def _seen_by_sibling() -> dict[str, object]:
+    import ctypes
+    import random
+    import threading
+
+    libc = ctypes.CDLL(None)
+    libc.pthread_self.restype = ctypes.c_void_p
+    clock = ctypes.c_int()
+    libc.pthread_getcpuclockid(ctypes.c_void_p(libc.pthread_self()), ctypes.byref(clock))
+    return {"pid": os.getpid(), "ppid": os.getppid(), "tid": threading.get_native_id(),
+            "glibc_tid": ~(clock.value >> 3), "random": random.random()}

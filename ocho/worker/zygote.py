@@ -10,9 +10,11 @@ worker therefore keeps one zygote process:
 - it is single-threaded, and never runs tool code: per job it only forks;
 - per job, the worker sends it over its control socket (SCM_RIGHTS) a fresh
   job socket and the write ends of the stdout/stderr pipes the worker reads.
-  The zygote forks twice and the middle process exits at once, so the tool
+  The zygote forks once with CLONE_PARENT (ocho.worker.sibling_fork), so the
+  tool process is the worker's child from the start; where that cannot be done
+  safely it forks twice and the middle process exits at once, so the tool
   process is orphaned and adopted by the worker, a child subreaper
-  (PR_SET_CHILD_SUBREAPER): the tool's parent is the worker, as with Popen,
+  (PR_SET_CHILD_SUBREAPER). Either way the tool's parent is the worker, as with Popen,
   and the worker waits for it and reads its exit status with waitpid, as with
   Popen. A zygote that dies does not touch the tools it already forked.
 - the tool process starts its own session, reads its request (script, argv,
@@ -159,12 +161,16 @@ class WarmProcess:
 class Zygote:
     """The worker's handle on its zygote: starts it, restarts it, asks it to fork."""
 
-    def __init__(self, environment: Mapping[str, str], preload: tuple[str, ...] = PRELOAD) -> None:
+    def __init__(self, environment: Mapping[str, str], preload: tuple[str, ...] = PRELOAD,
+                 fork_once: bool = True) -> None:
+        """`fork_once=False` makes the zygote fork twice even where it could fork once
+        (ocho.worker.sibling_fork): the tests run both ways."""
         # Tools forked by the zygote become the worker's children (see the module doc).
         self.adopting = prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._home = tempfile.mkdtemp(prefix="ocho-zygote-")
         self._environment = {**environment, "HOME": self._home, "TMPDIR": self._home}
         self._preload = preload
+        self._fork_once = fork_once
         self._ready = threading.Event()
         self._closing = threading.Event()
         self._send_lock = threading.Lock()
@@ -266,7 +272,8 @@ class Zygote:
         control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-P", "-S", "-c",
                    "from ocho.worker.zygote_process import main; main()",
-                   str(theirs.fileno()), str(os.getpid()), ",".join(self._preload)]
+                   str(theirs.fileno()), str(os.getpid()), ",".join(self._preload),
+                   "once" if self._fork_once else "twice"]
         try:
             process = subprocess.Popen(command, env=self._environment, cwd=self._home,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

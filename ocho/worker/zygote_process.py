@@ -1,10 +1,12 @@
 """The tool zygote process itself (ocho.worker.zygote tells the whole protocol, and
 holds the worker's side of it): `python -P -S -c '...main()' CONTROL_FD WORKER_PID
-MODULES`.
+MODULES [once|twice]`.
 
 Invariants: it is single-threaded (a preloaded module that starts a thread makes
-it exit) and never runs tool code itself: per job it only forks, twice, so that the
-tool is adopted by the worker. It dies with the worker (PR_SET_PDEATHSIG) and exits
+it exit) and never runs tool code itself: per job it only forks, so that the
+worker is the tool's parent: once, with CLONE_PARENT (ocho.worker.sibling_fork),
+or, where that cannot be done safely, twice, the middle process exiting so that
+the worker adopts the tool. It dies with the worker (PR_SET_PDEATHSIG) and exits
 when its control socket closes. A tool process runs nothing until the worker says
 "go" and has adopted it; it then holds only /dev/null and the worker's pipes as
 fds 0-2, and the environment the worker sent.
@@ -22,8 +24,10 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ocho.worker import sibling_fork
 from ocho.worker.zygote import (
     ADOPTION_TIMEOUT_S,
     GO,
@@ -35,11 +39,13 @@ from ocho.worker.zygote import (
 
 
 def main() -> NoReturn:
-    """The zygote process: `python -P -S -c '...main()' CONTROL_FD WORKER_PID MODULES`."""
+    """The zygote process: `python -P -S -c '...main()' CONTROL_FD WORKER_PID MODULES
+    [once|twice]`."""
     from ocho.worker import toolmain
 
     fresh = toolmain.capture()  # before anything here changes signals or stdio
     control_fd, worker_pid, modules = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    fork_once = sys.argv[4:5] != ["twice"]
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != worker_pid:
         os._exit(0)  # the worker died before the death signal was armed
@@ -47,9 +53,10 @@ def main() -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload([name for name in modules.split(",") if name])
     gc.freeze()  # no copy-on-write of the preloaded objects by the collector
+    fork_sibling = sibling_fork.make() if fork_once else None  # None: fork twice
     control = socket.socket(fileno=control_fd)
     control.send(b"ready")
-    _serve(control, worker_pid, fresh)
+    _serve(control, worker_pid, fresh, fork_sibling)
     os._exit(0)
 
 
@@ -65,7 +72,8 @@ def _preload(modules: list[str]) -> None:
         os._exit(1)
 
 
-def _serve(control: socket.socket, worker_pid: int, fresh: Any) -> None:
+def _serve(control: socket.socket, worker_pid: int, fresh: Any,
+           fork_sibling: Callable[[], int] | None) -> None:
     middles: set[int] = set()
     while True:
         _reap(middles)
@@ -75,19 +83,29 @@ def _serve(control: socket.socket, worker_pid: int, fresh: Any) -> None:
             return
         if not fds:
             return  # the worker is gone, or closed us
-        if len(fds) == 3:
+        if len(fds) == 3 and fork_sibling is not None:
+            if fork_sibling() == 0:  # the tool, the worker's child from the start
+                _run_tool(control, fds, worker_pid, fresh)
+        elif len(fds) == 3:
             middle = os.fork()
             if middle == 0:
                 # The middle process: fork the tool and exit, so the worker adopts it.
                 try:
                     if os.fork() == 0:
-                        control.close()
-                        _become_tool(fds, worker_pid, fresh)
+                        _run_tool(control, fds, worker_pid, fresh)
                 finally:
                     os._exit(0)
             middles.add(middle)
         for fd in fds:
             os.close(fd)
+
+
+def _run_tool(control: socket.socket, fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
+    try:
+        control.close()
+        _become_tool(fds, worker_pid, fresh)
+    finally:
+        os._exit(127)  # nothing of the zygote's loop ever runs in a tool process
 
 
 def _reap(middles: set[int]) -> None:
