@@ -207,11 +207,6 @@ class Settings:
         return tuple(part.strip() for part in self.amqp_url.split(";") if part.strip())
 
     @property
-    def first_amqp_url(self) -> str:
-        return self.amqp_urls[0]
-
-
-    @property
     def recover_after(self) -> float:
         """Seconds after which a `submitting` job is taken for left over by a dead gateway:
         a live one has had its confirm, or given up, by then."""

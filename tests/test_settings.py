@@ -72,7 +72,6 @@ def test_bad_value_is_one_line_naming_variable_value_and_what_is_allowed(
 def test_amqp_url_is_a_list_separated_by_semicolons():
     both = settings(amqp_url="amqp://a:p@10.0.0.1:5672/%2F; amqps://b:q@host-2/v")
     assert both.amqp_urls == ("amqp://a:p@10.0.0.1:5672/%2F", "amqps://b:q@host-2/v")
-    assert both.first_amqp_url == "amqp://a:p@10.0.0.1:5672/%2F"
     assert settings().amqp_urls == (Settings().amqp_url,)
 
 
