@@ -18,7 +18,8 @@ Invariants:
 - the field is found at start, and proven, not assumed: it is the one word of the
   descriptor holding the thread's tid whose change pthread_getcpuclockid() reports.
   Where that cannot be proven (another libc, another layout, an architecture not
-  listed) `make()` returns None and the zygote forks twice, as before.
+  listed: x86_64 only for now) `make()` returns None and the zygote forks twice,
+  as before.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from collections.abc import Callable
 
 CLONE_PARENT = 0x00008000
 CLONE_CHILD_SETTID = 0x01000000
-# The clone syscall's number, and where its child_tid argument goes.
-CLONE_SYSCALLS = {"x86_64": (56, 3), "aarch64": (220, 4)}
+# The clone syscall's number, and where its child_tid argument goes: x86_64 only,
+# the one architecture this was proven on (others order clone's arguments
+# differently; they fork twice).
+CLONE_SYSCALLS = {"x86_64": (56, 3)}
 # How far into glibc's thread descriptor its tid may be (x86_64: 0x2d0).
 DESCRIPTOR_SCAN_BYTES = 4096
 # glibc's thread CPU clock ids encode the tid it caches (make_thread_cpuclock).
