@@ -258,9 +258,10 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
 def test_a_sibling_fork_is_a_fork_whose_child_is_the_caller_s_parent_s():
     """ocho.worker.sibling_fork as the zygote uses it: in a single-threaded child of
     this process, the sibling it forks is this process's child (whose exit status
-    this process reads), glibc knows the sibling's own tid, and os.fork's hooks ran
-    in it (random is reseeded, so two siblings draw different numbers)."""
-    assert sibling_fork.make() is None or os.uname().machine in sibling_fork.CLONE_SYSCALLS
+    this process reads), glibc knows the sibling's own tid and its thread state is a
+    fork child's, and os.fork's hooks ran in it (random is reseeded, so two siblings
+    draw different numbers)."""
+    assert sibling_fork.make() is None or os.uname().machine in sibling_fork.MACHINES
     read_end, write_end = os.pipe()
     caller = os.fork()
     if caller == 0:  # the zygote's place: single-threaded
@@ -281,13 +282,14 @@ def test_a_sibling_fork_is_a_fork_whose_child_is_the_caller_s_parent_s():
     statuses = {pid: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
                 for pid in [caller, *(sibling["pid"] for sibling in seen)]}
     assert statuses[caller] == 0
-    if os.uname().machine not in sibling_fork.CLONE_SYSCALLS:
+    if os.uname().machine not in sibling_fork.MACHINES:
         assert not seen
         return
     assert len(seen) == 2
     for sibling in seen:
         assert sibling["ppid"] == os.getpid() and statuses[sibling["pid"]] == 7
         assert sibling["glibc_tid"] == sibling["tid"] == sibling["pid"]
+        assert sibling["robust_list"] and sibling["tid_address"]
     assert seen[0]["random"] != seen[1]["random"]
 
 
@@ -298,7 +300,16 @@ def _seen_by_sibling() -> dict[str, object]:
 
     libc = ctypes.CDLL(None)
     libc.pthread_self.restype = ctypes.c_void_p
+    libc.syscall.restype = ctypes.c_long
     clock = ctypes.c_int()
     libc.pthread_getcpuclockid(ctypes.c_void_p(libc.pthread_self()), ctypes.byref(clock))
+    robust_head, size = ctypes.c_void_p(), ctypes.c_size_t()
+    libc.syscall(ctypes.c_long(sibling_fork.SYS_GET_ROBUST_LIST), ctypes.c_long(0),
+                 ctypes.byref(robust_head), ctypes.byref(size))
+    tid_address = ctypes.c_void_p()
+    libc.prctl(40, ctypes.byref(tid_address), 0, 0, 0)  # PR_GET_TID_ADDRESS
     return {"pid": os.getpid(), "ppid": os.getppid(), "tid": threading.get_native_id(),
-            "glibc_tid": ~(clock.value >> 3), "random": random.random()}
+            "glibc_tid": ~(clock.value >> 3), "random": random.random(),
+            # What glibc's own fork leaves: the robust futex list registered, the
+            # tid cleared at exit (pthread_join-style waiters rely on both).
+            "robust_list": bool(robust_head.value), "tid_address": bool(tid_address.value)}

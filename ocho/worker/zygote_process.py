@@ -84,20 +84,28 @@ def _serve(control: socket.socket, worker_pid: int, fresh: Any,
         if not fds:
             return  # the worker is gone, or closed us
         if len(fds) == 3 and fork_sibling is not None:
-            if fork_sibling() == 0:  # the tool, the worker's child from the start
-                _run_tool(control, fds, worker_pid, fresh)
-        elif len(fds) == 3:
-            middle = os.fork()
-            if middle == 0:
-                # The middle process: fork the tool and exit, so the worker adopts it.
-                try:
-                    if os.fork() == 0:
-                        _run_tool(control, fds, worker_pid, fresh)
-                finally:
-                    os._exit(0)
-            middles.add(middle)
+            try:
+                if fork_sibling() == 0:  # the tool, the worker's child from the start
+                    _run_tool(control, fds, worker_pid, fresh)
+            except OSError as exc:
+                print(f"ocho tool zygote: forking twice from now on: {exc}", file=sys.stderr)
+                fork_sibling = None
+        if len(fds) == 3 and fork_sibling is None:
+            middles.add(_fork_twice(control, fds, worker_pid, fresh))
         for fd in fds:
             os.close(fd)
+
+
+def _fork_twice(control: socket.socket, fds: list[int], worker_pid: int, fresh: Any) -> int:
+    """Fork a middle process that forks the tool and exits, so the worker adopts it."""
+    middle = os.fork()
+    if middle == 0:
+        try:
+            if os.fork() == 0:
+                _run_tool(control, fds, worker_pid, fresh)
+        finally:
+            os._exit(0)
+    return middle
 
 
 def _run_tool(control: socket.socket, fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
