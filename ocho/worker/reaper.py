@@ -8,7 +8,8 @@ the worker is gone, the reaper kills every group it still knows about.
 
 A worker that starts tools warm is a child subreaper (see zygote.py): what a
 tool leaves behind is orphaned to the worker, not to init. `reap_orphans`
-waits for those once they are zombies. It never touches a session leader:
+waits for those once they are zombies; `reap_group` waits for a killed group's
+to die first. It never touches a session leader:
 every process the worker waits for itself (tools, Popen'ed or warm, and the
 zygote) leads a session of its own; orphans of a tool are in the tool's.
 """
@@ -18,6 +19,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+
+# How long a job's end waits for the processes of its killed group to be gone.
+GROUP_REAP_S = 1.0
 
 
 class Reaper:
@@ -53,6 +58,23 @@ class Reaper:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
             pass  # already reaped as an orphan would be
+
+
+def reap_group(pgid: int, timeout: float = GROUP_REAP_S) -> None:
+    """Once a tool's group was killed: wait (at most `timeout`) until none of its
+    processes is left, reaping those orphaned to this process as they die, so that
+    a job ends with nothing of it left, not even a zombie. One syscall when the tool
+    left nothing behind."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reap_orphans()
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
 
 
 def reap_orphans() -> int:

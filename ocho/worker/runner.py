@@ -208,8 +208,9 @@ def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None
         if control.on_exit:
             for pid in spawned:
                 control.on_exit(pid)
-        if control.zygote is not None and control.zygote.adopting:
-            reaper.reap_orphans()  # what the tool left behind was adopted by the worker
+        if control.zygote is not None and control.zygote.adopting and spawned:
+            # What the tool left behind was killed with its group and adopted by the worker.
+            reaper.reap_group(spawned[0])
         shutil.rmtree(workdir, ignore_errors=True)
 
 
