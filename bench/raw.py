@@ -63,6 +63,7 @@ def _fork_body(tool: str, args: tuple[str, ...] = ()) -> int:
         size = _drain(proc)
         if proc.wait() != 0:
             raise RuntimeError(f"{tool} exited {proc.returncode}")
+        _zygote().want_spare()  # as the runner does once a job is out
         return size
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -39,15 +39,32 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-@pytest.fixture(scope="module", params=["fork-once", "fork-twice"])
+@pytest.fixture(scope="module", params=["fork-once", "fork-twice", "fork-once-no-spares"])
 def warm(tools: Path, request: pytest.FixtureRequest) -> Iterator[zygote.Zygote]:
     """A zygote forking each tool once (CLONE_PARENT), or twice where that cannot be
-    done: every warm test runs both ways."""
+    done; with spare tool processes forked ahead (retired after 0.5 s here, so that
+    the tests see them come and go), or without: every warm test runs each way."""
     handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)),
-                           fork_once=request.param == "fork-once")
+                           fork_once=request.param != "fork-twice",
+                           spare_idle_s=0.0 if request.param.endswith("no-spares") else 0.5)
     assert handle.wait_ready(60), "the zygote never became ready"
     yield handle
     handle.close()  # the process stays a subreaper: tests/kube/toolrun.py's zygote may need it
+
+
+@pytest.fixture(scope="module", params=["fork-once", "fork-twice"])
+def spared(warm: zygote.Zygote, tools: Path,
+           request: pytest.FixtureRequest) -> Iterator[zygote.Zygote]:
+    """A zygote with spares, for the tests of the spares themselves: `warm` when it has
+    them, else one of its own."""
+    if warm.spare_idle_s and (request.param == "fork-twice") == (not warm.fork_once):
+        yield warm
+        return
+    handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)),
+                           fork_once=request.param == "fork-once", spare_idle_s=0.5)
+    assert handle.wait_ready(60), "the zygote never became ready"
+    yield handle
+    handle.close()
 
 
 def run(tools: Path, handle: zygote.Zygote | None, tool: str, *args: str,
@@ -191,6 +208,93 @@ def test_a_killed_zygote_costs_no_job(tools: Path, warm: zygote.Zygote):
     assert outcome.state == "succeeded", text
 
 
+def _spares(handle: zygote.Zygote) -> list[int]:
+    """Live children of this process (the "worker") in the zygote's process group, but
+    for the zygote itself: its spare tool process."""
+    from tests.infra import processes_in_group
+
+    if handle.pid is None:
+        return []
+    return [pid for pid in processes_in_group(handle.pid)
+            if pid != handle.pid and _parent(pid) == os.getpid()]
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
+
+
+def _zombie_children() -> list[int]:
+    """Children of this process that died and were not waited for."""
+    children = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            children += [int(pid) for pid in (task / "children").read_text().split()]
+    return [pid for pid in children if _gone(pid) and Path(f"/proc/{pid}").exists()]
+
+
+def _reap_zombie_children() -> int:
+    reaped = 0
+    for pid in _zombie_children():
+        with contextlib.suppress(ChildProcessError):
+            reaped += bool(os.waitpid(pid, os.WNOHANG)[0])
+    return reaped
+
+
+def _with_a_spare(tools: Path, handle: zygote.Zygote) -> int:
+    outcome, _ = run(tools, handle, "exit", "0")  # a job's end asks for a spare
+    assert outcome.state == "succeeded"
+    wait_for(lambda: len(_spares(handle)) == 1, timeout=5, what="a spare tool process")
+    return _spares(handle)[0]
+
+
+def test_the_next_job_s_tool_is_the_spare_forked_before_it_came(tools: Path,
+                                                               warm: zygote.Zygote):
+    if warm.spare_idle_s == 0:
+        run(tools, warm, "exit", "0")
+        time.sleep(0.2)
+        assert _spares(warm) == []  # without spares, a tool is forked for its job
+        return
+    spare = _with_a_spare(tools, warm)
+    outcome, text = run(tools, warm, "sleep", "0")
+    assert outcome.state == "succeeded"
+    assert f"pid={spare} pgid={spare} " in text  # it became the tool, a session leader
+
+
+def test_an_idle_zygote_s_spare_exits_and_is_reaped(tools: Path, spared: zygote.Zygote):
+    """Retired after spare_idle_s without a job: an idle worker holds no spare, and
+    not even a zombie of it."""
+    spare = _with_a_spare(tools, spared)
+    wait_for(lambda: not Path(f"/proc/{spare}").exists(), timeout=5,
+             what="the idle spare to exit and be reaped")
+    assert _spares(spared) == [] and _zombie_children() == []
+
+
+def test_a_spare_that_died_costs_no_job(tools: Path, spared: zygote.Zygote):
+    spare = _with_a_spare(tools, spared)
+    zygote_pid = spared.pid
+    os.kill(spare, signal.SIGKILL)
+    outcome, text = run(tools, spared, "sleep", "0")
+    assert outcome.state == "succeeded"
+    assert f"pid={spare} " not in text and spared.pid == zygote_pid  # forked for the job
+    wait_for(lambda: not Path(f"/proc/{spare}").exists(), timeout=5,
+             what="the dead spare to be reaped")
+
+
+def test_a_spare_dies_with_its_zygote_and_is_reaped(tools: Path, spared: zygote.Zygote):
+    spare = _with_a_spare(tools, spared)
+    old = spared.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{spare}").exists(), timeout=5,
+             what="the spare to exit with its zygote and be reaped")
+    assert spared.wait_ready(60) and spared.pid not in (None, old)
+    outcome, _ = run(tools, spared, "exit", "0")
+    assert outcome.state == "succeeded"
+
+
 def test_a_zygote_that_does_not_answer_means_a_cold_start(tools: Path, warm: zygote.Zygote):
     assert warm.wait_ready(60)
     pid = warm.pid
@@ -253,6 +357,8 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
         wait_for(lambda: _gone(zygote_pid), timeout=5, what="the zygote to die with its worker")
     finally:
         stack.stop()
+        # What the killed worker left was adopted by this process, a child subreaper.
+        _reap_zombie_children()
 
 
 def test_a_sibling_fork_is_a_fork_whose_child_is_the_caller_s_parent_s():

@@ -77,6 +77,26 @@ def reap_group(pgid: int, timeout: float = GROUP_REAP_S) -> None:
         time.sleep(0.002)
 
 
+def reap_child(pid: int, timeout: float = GROUP_REAP_S) -> None:
+    """Wait for a child told to exit (a retired spare tool process); SIGKILL it if it
+    has not within `timeout`. Someone else having reaped it is fine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            return
+        time.sleep(0.001)
+
+
 def reap_orphans() -> int:
     """Wait for this process's zombie children that lead no session; returns how many."""
     reaped = 0

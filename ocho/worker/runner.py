@@ -203,6 +203,8 @@ def run(settings: Settings, job: Job, emit: Emit, control: Control | None = None
         if control.on_outcome:
             # The tool's processes are dead: the result need not wait for the clean-up.
             control.on_outcome(outcome)
+        if spawned and control.zygote is not None:
+            control.zygote.want_spare()  # the next job's fork, now that this one is out
         return outcome
     finally:
         if control.on_exit:

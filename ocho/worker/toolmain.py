@@ -97,6 +97,17 @@ def fresh_stdio(state: FreshState) -> None:
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams  # type: ignore[misc]
 
 
+def rehearse(state: FreshState) -> None:
+    """In a spare tool process, before it has a job: go through what run_script will do,
+    on nothing, so that the zygote's pages it writes are copied now rather than on the
+    job's path. Leaves nothing behind that run_script does not set again."""
+    restore_signals(state)
+    fresh_stdio(state)  # on the zygote's fds 0-2; built again on the job's
+    os.environ["OCHO_SPARE"] = "1"
+    del os.environ["OCHO_SPARE"]
+    compile("", "<spare>", "exec", dont_inherit=True)
+
+
 def run_script(state: FreshState, script: str, argv: list[str]) -> NoReturn:
     """Become the tool: run `script` (an absolute path) as __main__, then exit."""
     restore_signals(state)

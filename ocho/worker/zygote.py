@@ -26,9 +26,15 @@ worker therefore keeps one zygote process:
   Only then does it take /dev/null and the pipes as fds 0-2, close every other
   fd, replace its environment and run the script (see toolmain). If the worker
   goes away before "go", it exits.
+- the fork itself is off a job's path: when a job's outcome is out, the worker
+  asks for a spare (`want_spare`), a tool process forked ahead that waits for
+  the next job's sockets (zygote_process tells how it is kept, retired after
+  SPARE_IDLE_S without a job, and reaped: the zygote says "gone PID" on the
+  control socket, and the keeper thread waits for that pid).
 - the zygote has PR_SET_PDEATHSIG and exits when its control socket closes:
   it never outlives the worker. Tools in flight are the worker's: its reaper
-  kills their groups if the worker is SIGKILLed.
+  kills their groups if the worker is SIGKILLed. A spare left when the zygote
+  dies exits (its socket closes), and the keeper reaps it.
 
 Anything going wrong on the zygote's side makes `spawn` return None, and the
 runner starts that job cold; a dead zygote is started again by its keeper
@@ -54,6 +60,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ocho.worker import reaper
+
 log = logging.getLogger("ocho.worker")
 
 # What the tools import: preloaded once per zygote. Missing ones are skipped.
@@ -70,9 +78,12 @@ SPAWN_TIMEOUT_S = 10.0
 # A tool process waiting to be adopted by the worker, then for its "go".
 ADOPTION_TIMEOUT_S = 10.0
 GO_TIMEOUT_S = 60.0
+# How long a spare tool process (see zygote_process) waits for a job before it exits.
+SPARE_IDLE_S = 2.0
 # Restart back-off for a zygote that keeps dying.
 RESTART_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
 GO = b"g"
+SPARE = b"spare"
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -162,15 +173,17 @@ class Zygote:
     """The worker's handle on its zygote: starts it, restarts it, asks it to fork."""
 
     def __init__(self, environment: Mapping[str, str], preload: tuple[str, ...] = PRELOAD,
-                 fork_once: bool = True) -> None:
+                 fork_once: bool = True, spare_idle_s: float = SPARE_IDLE_S) -> None:
         """`fork_once=False` makes the zygote fork twice even where it could fork once
-        (ocho.worker.sibling_fork): the tests run both ways."""
+        (ocho.worker.sibling_fork): the tests run both ways. `spare_idle_s` is how
+        long a spare tool process waits for a job (0: no spares)."""
         # Tools forked by the zygote become the worker's children (see the module doc).
         self.adopting = prctl(PR_SET_CHILD_SUBREAPER, 1)
         self._home = tempfile.mkdtemp(prefix="ocho-zygote-")
         self._environment = {**environment, "HOME": self._home, "TMPDIR": self._home}
         self._preload = preload
-        self._fork_once = fork_once
+        self.fork_once = fork_once
+        self.spare_idle_s = spare_idle_s
         self._ready = threading.Event()
         self._closing = threading.Event()
         self._send_lock = threading.Lock()
@@ -215,6 +228,15 @@ class Zygote:
             os.close(out_w)
             os.close(err_w)
         return WarmProcess(pid, mine, out_r, err_r)
+
+    def want_spare(self) -> None:
+        """A job has ended: the zygote forks the next job's tool process now, off the
+        next job's path (zygote_process: spares)."""
+        control = self._control
+        if control is None or not self._ready.is_set():
+            return
+        with self._send_lock, contextlib.suppress(OSError):
+            control.send(SPARE)
 
     def _ask(self, mine: socket.socket, theirs: socket.socket, pipes: list[int],
              request: dict[str, Any]) -> int:
@@ -273,7 +295,7 @@ class Zygote:
         command = [sys.executable, "-P", "-S", "-c",
                    "from ocho.worker.zygote_process import main; main()",
                    str(theirs.fileno()), str(os.getpid()), ",".join(self._preload),
-                   "once" if self._fork_once else "twice"]
+                   "once" if self.fork_once else "twice", str(self.spare_idle_s)]
         try:
             process = subprocess.Popen(command, env=self._environment, cwd=self._home,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -291,10 +313,13 @@ class Zygote:
             log.info("tool zygote %d ready in %d ms", process.pid,
                      (time.monotonic() - started) * 1000)
             self._ready.set()
+            _reap_retired_spares(control)
         process.wait()
         self._ready.clear()
         self._control = None
         control.close()
+        # Its spare, if any, exits now that the zygote's end of its socket is closed.
+        reaper.reap_group(process.pid)
         if not self._closing.is_set():
             log.warning("tool zygote %d exited (%s); jobs start cold until it is back",
                         process.pid, _describe_status(process.returncode))
@@ -324,6 +349,19 @@ def _wait_ready(control: socket.socket, process: subprocess.Popen[bytes]) -> boo
         if readable:
             return control.recv(64) == b"ready"
     return False
+
+
+def _reap_retired_spares(control: socket.socket) -> None:
+    """Until the zygote's control socket closes: reap each spare it says it retired."""
+    while True:
+        try:
+            message = control.recv(64)
+        except OSError:
+            return
+        if not message:
+            return
+        if message.startswith(b"gone "):
+            reaper.reap_child(int(message[5:]))
 
 
 def _exists(pid: int) -> bool:

@@ -1,6 +1,6 @@
 """The tool zygote process itself (ocho.worker.zygote tells the whole protocol, and
 holds the worker's side of it): `python -P -S -c '...main()' CONTROL_FD WORKER_PID
-MODULES [once|twice]`.
+MODULES once|twice SPARE_IDLE_S`.
 
 Invariants: it is single-threaded (a preloaded module that starts a thread makes
 it exit) and never runs tool code itself: per job it only forks, so that the
@@ -10,6 +10,17 @@ the worker adopts the tool. It dies with the worker (PR_SET_PDEATHSIG) and exits
 when its control socket closes. A tool process runs nothing until the worker says
 "go" and has adopted it; it then holds only /dev/null and the worker's pipes as
 fds 0-2, and the environment the worker sent.
+
+The fork is kept off a job's path: when a job has ended (its outcome is out) the
+worker asks for a spare, and the zygote forks a child that waits, blocked, for the
+next job's sockets and then becomes that job's tool exactly as a child forked for
+it would have. At most one spare exists; it is retired (it exits, and the
+worker, told "gone PID" on the control socket, reaps it) after SPARE_IDLE_S
+without a job, so an idle worker holds no more processes than before. A spare
+that cannot take a job (it died) only means a fork for that job, as without
+spares. A spare is in the zygote's process group until it becomes a tool:
+whatever is left of it when the zygote dies exits (its socket closes) and is
+reaped by the worker.
 """
 
 from __future__ import annotations
@@ -19,8 +30,10 @@ import gc
 import importlib
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -33,19 +46,26 @@ from ocho.worker.zygote import (
     GO,
     GO_TIMEOUT_S,
     PR_SET_PDEATHSIG,
+    SPARE,
     prctl,
     read_line,
 )
 
+# A spare's answer (its pid, then that it holds a job's sockets) on a loaded machine.
+SPARE_ANSWER_S = 2.0
+PID_FORMAT = "=i"
+TAKEN = b"t"
+
 
 def main() -> NoReturn:
     """The zygote process: `python -P -S -c '...main()' CONTROL_FD WORKER_PID MODULES
-    [once|twice]`."""
+    once|twice SPARE_IDLE_S`."""
     from ocho.worker import toolmain
 
     fresh = toolmain.capture()  # before anything here changes signals or stdio
     control_fd, worker_pid, modules = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     fork_once = sys.argv[4:5] != ["twice"]
+    spare_idle_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != worker_pid:
         os._exit(0)  # the worker died before the death signal was armed
@@ -53,10 +73,11 @@ def main() -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _preload([name for name in modules.split(",") if name])
     gc.freeze()  # no copy-on-write of the preloaded objects by the collector
-    fork_sibling = sibling_fork.make() if fork_once else None  # None: fork twice
     control = socket.socket(fileno=control_fd)
+    forker = Forker(control, worker_pid, fresh,
+                    sibling_fork.make() if fork_once else None)  # None: fork twice
     control.send(b"ready")
-    _serve(control, worker_pid, fresh, fork_sibling)
+    _serve(control, forker, spare_idle_s)
     os._exit(0)
 
 
@@ -72,61 +93,183 @@ def _preload(modules: list[str]) -> None:
         os._exit(1)
 
 
-def _serve(control: socket.socket, worker_pid: int, fresh: Any,
-           fork_sibling: Callable[[], int] | None) -> None:
-    middles: set[int] = set()
+def _serve(control: socket.socket, forker: Forker, spare_idle_s: float) -> None:
+    spare: Spare | None = None
     while True:
-        _reap(middles)
+        forker.reap()
+        if spare is not None and not _readable(control, spare_idle_s):
+            spare.retire(control)
+            spare = None
+            continue
         try:
-            _, fds, _, _ = socket.recv_fds(control, 16, 3)
+            message, fds, _, _ = socket.recv_fds(control, 16, 3)
         except OSError:
             return
-        if not fds:
+        if not message:
             return  # the worker is gone, or closed us
-        if len(fds) == 3 and fork_sibling is not None:
-            try:
-                if fork_sibling() == 0:  # the tool, the worker's child from the start
-                    _run_tool(control, fds, worker_pid, fresh)
-            except OSError as exc:
-                print(f"ocho tool zygote: forking twice from now on: {exc}", file=sys.stderr)
-                fork_sibling = None
-        if len(fds) == 3 and fork_sibling is None:
-            middles.add(_fork_twice(control, fds, worker_pid, fresh))
+        if len(fds) == 3:
+            _start_tool(control, forker, spare, fds)
+            spare = None
+        elif message == SPARE and spare is None and spare_idle_s > 0:
+            spare = forker.spare()
         for fd in fds:
             os.close(fd)
 
 
-def _fork_twice(control: socket.socket, fds: list[int], worker_pid: int, fresh: Any) -> int:
-    """Fork a middle process that forks the tool and exits, so the worker adopts it."""
-    middle = os.fork()
-    if middle == 0:
+def _start_tool(control: socket.socket, forker: Forker, spare: Spare | None,
+                fds: list[int]) -> None:
+    """The spare takes the job, or a child is forked for it."""
+    if spare is not None and spare.take(fds):
+        return
+    if spare is not None:
+        spare.retire(control)  # dead, or killed: the job gets a fork of its own
+    forker.fork(lambda: _become_tool(fds, forker.worker_pid, forker.fresh))
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], timeout)
+    return bool(readable)
+
+
+class Forker:
+    """Forks the zygote's children, so that the worker is their parent: once with
+    CLONE_PARENT, or twice (then it waits for the middle processes)."""
+
+    def __init__(self, control: socket.socket, worker_pid: int, fresh: Any,
+                 fork_sibling: Callable[[], int] | None) -> None:
+        self.control = control
+        self.worker_pid = worker_pid
+        self.fresh = fresh
+        self._fork_sibling = fork_sibling
+        self._middles: set[int] = set()
+
+    def fork(self, child: Callable[[], object]) -> None:
+        """A child that runs `child` and never returns into the zygote's loop."""
+        if self._fork_sibling is not None:
+            try:
+                if self._fork_sibling() == 0:  # the worker's child from the start
+                    self._in_child(child)
+                return
+            except OSError as exc:
+                print(f"ocho tool zygote: forking twice from now on: {exc}", file=sys.stderr)
+                self._fork_sibling = None
+        middle = os.fork()
+        if middle == 0:
+            try:
+                if os.fork() == 0:
+                    self._in_child(child)
+            finally:
+                os._exit(0)
+        self._middles.add(middle)
+
+    def _in_child(self, child: Callable[[], object]) -> NoReturn:
         try:
-            if os.fork() == 0:
-                _run_tool(control, fds, worker_pid, fresh)
+            self.control.close()
+            child()
         finally:
-            os._exit(0)
-    return middle
+            os._exit(127)  # nothing of the zygote's loop ever runs in a child
+
+    def spare(self) -> Spare:
+        """A child waiting for the next job's sockets (Spare.take)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def wait_for_a_job() -> None:
+            mine.close()
+            _wait_for_a_job(theirs, self.worker_pid, self.fresh)
+
+        self.fork(wait_for_a_job)
+        theirs.close()
+        return Spare(mine)
+
+    def reap(self) -> None:
+        """Wait for the middle processes that have exited. Waited for, not left to the
+        kernel (SIGCHLD ignored), so that their CPU time is counted: it is part of what
+        a warm start costs, and shows in the zygote's children's times."""
+        for pid in list(self._middles):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._middles.discard(pid)
 
 
-def _run_tool(control: socket.socket, fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
-    try:
-        control.close()
-        _become_tool(fds, worker_pid, fresh)
-    finally:
-        os._exit(127)  # nothing of the zygote's loop ever runs in a tool process
+class Spare:
+    """The zygote's end of a spare's socket. The spare sends its pid on it at start
+    (PID_FORMAT), then TAKEN once it holds a job's sockets."""
 
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+        self._socket.settimeout(SPARE_ANSWER_S)
+        self._known_pid: int | None = None
 
-def _reap(middles: set[int]) -> None:
-    """Wait for the middle processes that have exited. Waited for, not left to the
-    kernel (SIGCHLD ignored), so that their CPU time is counted: it is part of what a
-    warm start costs, and shows in the zygote's children's times."""
-    for pid in list(middles):
+    def take(self, fds: list[int]) -> bool:
+        """Hand the job's sockets to the spare. False: it died, or does not answer (then
+        it is killed): the job needs a fork of its own, and never gets two processes."""
+        pid = self._pid()
+        if not pid:
+            return False  # it never said it was there: nothing was handed to it
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = pid
-        if done:
-            middles.discard(pid)
+            socket.send_fds(self._socket, [b"j"], fds)
+            taken = _recv_exactly(self._socket, len(TAKEN)) == TAKEN
+        except OSError:
+            taken = False
+        if taken:
+            self._socket.close()
+        else:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # if it got the sockets, it runs no more
+        return taken
+
+    def retire(self, control: socket.socket) -> None:
+        """The spare exits (its socket closes); the worker is told whom to reap."""
+        pid = self._pid()
+        self._socket.close()
+        if pid:
+            with contextlib.suppress(OSError):
+                control.send(b"gone %d" % pid)
+
+    def _pid(self) -> int:
+        """Its pid, read once (0 if it never said)."""
+        if self._known_pid is None:
+            try:
+                self._known_pid = struct.unpack(PID_FORMAT, _recv_exactly(
+                    self._socket, struct.calcsize(PID_FORMAT)))[0]
+            except (OSError, struct.error):
+                self._known_pid = 0
+        return self._known_pid
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """`size` bytes, or fewer if the peer closed first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _wait_for_a_job(sock: socket.socket, worker_pid: int, fresh: Any) -> None:
+    """In a spare: tell the zygote its pid, then become the next job's tool, or exit
+    once the zygote closes the socket."""
+    with contextlib.suppress(OSError):
+        sock.sendall(struct.pack(PID_FORMAT, os.getpid()))
+    from ocho.worker import toolmain
+
+    json.loads(json.dumps({"pid": os.getpid()}))  # the request's and the reply's path
+    toolmain.rehearse(fresh)
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 3)
+        if len(fds) == 3:
+            sock.sendall(TAKEN)
+    except OSError:
+        fds = []
+    sock.close()
+    if len(fds) != 3:
+        os._exit(0)
+    _become_tool(fds, worker_pid, fresh)
 
 
 def _become_tool(fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
