@@ -226,13 +226,28 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def _zombie_children() -> list[int]:
-    """Children of this process that died and were not waited for."""
+def _zombie_children(since: int = 0) -> list[int]:
+    """Children of this process that died and were not waited for (started at or after
+    `since`, in clock ticks since boot)."""
     children = []
     for task in Path("/proc/self/task").iterdir():
         with contextlib.suppress(OSError):
             children += [int(pid) for pid in (task / "children").read_text().split()]
-    return [pid for pid in children if _gone(pid) and Path(f"/proc/{pid}").exists()]
+    return [pid for pid in children
+            if _gone(pid) and Path(f"/proc/{pid}").exists() and _started(pid) >= since]
+
+
+def _started(pid: int) -> int:
+    """When the process started, in clock ticks since boot (0 if it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError):
+        return 0
+
+
+def _ticks_now() -> int:
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return int(uptime * os.sysconf("SC_CLK_TCK")) - 1
 
 
 def _reap_zombie_children() -> int:
@@ -266,10 +281,11 @@ def test_the_next_job_s_tool_is_the_spare_forked_before_it_came(tools: Path,
 def test_an_idle_zygote_s_spare_exits_and_is_reaped(tools: Path, spared: zygote.Zygote):
     """Retired after spare_idle_s without a job: an idle worker holds no spare, and
     not even a zombie of it."""
+    since = _ticks_now()
     spare = _with_a_spare(tools, spared)
     wait_for(lambda: not Path(f"/proc/{spare}").exists(), timeout=5,
              what="the idle spare to exit and be reaped")
-    assert _spares(spared) == [] and _zombie_children() == []
+    assert _spares(spared) == [] and _zombie_children(since) == []
 
 
 def test_a_spare_that_died_costs_no_job(tools: Path, spared: zygote.Zygote):
