@@ -12,10 +12,12 @@ from ocho_stack import OchoStack
 from ocho.client import Client
 
 
-def measure(cfg: Any, tool_start: str = "warm") -> dict[str, Any]:
+def measure(cfg: Any, tool_start: str = "warm", spares: bool = True) -> dict[str, Any]:
     system = "ocho-amqp" if tool_start == "warm" else "ocho-amqp-cold"
+    system += "" if spares else "-no-spare"
     record: dict[str, Any] = {"system": system, "tool_start": tool_start, "slots": cfg.slots}
-    stack = OchoStack(cfg.workers, cfg.concurrency, tool_start=tool_start)
+    stack = OchoStack(cfg.workers, cfg.concurrency, tool_start=tool_start,
+                      **({} if spares else {"tool_spare_idle_s": "0"}))
     try:
         stack.start()
         record["worker_memory_idle"] = stack.worker_memory()

@@ -3,7 +3,9 @@
     python bench/run.py [--jobs N] [--quick] [--only raw-popen,ocho-amqp,...]
 
 ocho-amqp and ocho-http start tools warm (the default, OCHO_TOOL_START=warm);
-ocho-amqp-cold and ocho-http-cold start a new interpreter per job.
+ocho-amqp-cold and ocho-http-cold start a new interpreter per job; ocho-amqp-no-spare
+starts them warm without spares (OCHO_TOOL_SPARE_IDLE_S=0: each tool forked when its
+job comes).
 
 Every system gets a RabbitMQ vhost of its own on 127.0.0.1:5672 (deleted afterwards,
 also on Ctrl-C), 2 workers × 2 job slots, and the tools in bench/tools. Prints one
@@ -27,8 +29,8 @@ ROOT = BENCH.parent
 PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 CELERY_VENV = BENCH / ".venv-celery"
 CELERY_REQUIREMENT = "celery>=5.4,<6"
-SYSTEMS = ("raw-popen", "raw-fork", "raw-runner", "ocho-amqp", "ocho-amqp-cold", "ocho-http",
-           "ocho-http-cold", "celery", "tool-ls")
+SYSTEMS = ("raw-popen", "raw-fork", "raw-runner", "ocho-amqp", "ocho-amqp-no-spare",
+           "ocho-amqp-cold", "ocho-http", "ocho-http-cold", "celery", "tool-ls")
 FLOOR = "raw-popen"
 
 # Checked against the floor measured in the same run: issue 15's for warm starts,
@@ -142,7 +144,7 @@ def measure(system: str, cfg: argparse.Namespace) -> dict[str, Any]:
     if system.startswith("ocho-amqp"):
         import ocho_amqp
 
-        return ocho_amqp.measure(cfg, start)
+        return ocho_amqp.measure(cfg, start, spares=not system.endswith("-no-spare"))
     if system.startswith("ocho-http"):
         import ocho_http
 

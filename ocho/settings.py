@@ -122,6 +122,8 @@ class Settings:
     tool_max_processes: int = ranged(128, 0, 100_000)  # 0: no limit of ours
     # warm: Python tools are forked from the worker's tool zygote; cold: a new interpreter.
     tool_start: str = choice("warm", "warm", "cold")
+    # How long a warm start's spare (a tool process forked ahead) waits for a job; 0: none.
+    tool_spare_idle_s: float = ranged(2.0, 0, 3600)
     gateway_threads: int = ranged(16, 1, 1024)
     tokens: tuple[str, ...] = secret(())
     # A file of tokens, one a line ('#' comments): read once, at start, into `tokens`.

@@ -142,7 +142,9 @@ def zygote_environment(settings: Settings) -> dict[str, str]:
 
 def start_zygote(settings: Settings) -> Zygote | None:
     """The worker's tool zygote when tools start warm (OCHO_TOOL_START)."""
-    return Zygote(zygote_environment(settings)) if settings.tool_start == "warm" else None
+    if settings.tool_start != "warm":
+        return None
+    return Zygote(zygote_environment(settings), spare_idle_s=settings.tool_spare_idle_s)
 
 
 def prepare_workdir(settings: Settings, job: Job, script: Path) -> str:
