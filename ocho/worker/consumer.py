@@ -322,3 +322,6 @@ class Worker:
     def _on_exit(self, job_id: str, pid: int) -> None:
         self.reaper.forget(pid)
         self.process_counter.release(job_id)
+        # Jobs come in runs: the next one's cgroup move then rarely waits for a grace
+        # period (priming only at its delivery left ~2 % of moves waiting ~10 ms).
+        self.process_counter.prime()
