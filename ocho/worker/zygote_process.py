@@ -26,6 +26,7 @@ reaped by the worker.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import importlib
 import json
@@ -111,7 +112,7 @@ def _serve(control: socket.socket, forker: Forker, spare_idle_s: float) -> None:
             _start_tool(control, forker, spare, fds)
             spare = None
         elif message == SPARE and spare is None and spare_idle_s > 0:
-            spare = forker.spare()
+            spare = _new_spare(forker)
         for fd in fds:
             os.close(fd)
 
@@ -124,6 +125,14 @@ def _start_tool(control: socket.socket, forker: Forker, spare: Spare | None,
     if spare is not None:
         spare.retire(control)  # dead, or killed: the job gets a fork of its own
     forker.fork(lambda: _become_tool(fds, forker.worker_pid, forker.fresh))
+
+
+def _new_spare(forker: Forker) -> Spare | None:
+    try:
+        return forker.spare()
+    except OSError as exc:  # out of processes or memory: the next job is forked for it
+        print(f"ocho tool zygote: no spare: {exc}", file=sys.stderr)
+        return None
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
@@ -151,6 +160,8 @@ class Forker:
                     self._in_child(child)
                 return
             except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+                    raise  # a fork would fail as well
                 print(f"ocho tool zygote: forking twice from now on: {exc}", file=sys.stderr)
                 self._fork_sibling = None
         middle = os.fork()
@@ -177,8 +188,13 @@ class Forker:
             mine.close()
             _wait_for_a_job(theirs, self.worker_pid, self.fresh)
 
-        self.fork(wait_for_a_job)
-        theirs.close()
+        try:
+            self.fork(wait_for_a_job)
+        except OSError:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
         return Spare(mine)
 
     def reap(self) -> None:
