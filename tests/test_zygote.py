@@ -340,7 +340,7 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
                                                            tools_dir: Path):
     """Through a real worker: a warm tool is in its job's pids cgroup with its
     rlimits; the zygote never saw the worker's secrets; a SIGKILLed worker
-    leaves neither tool nor zygote behind."""
+    leaves neither tool nor zygote nor spare behind."""
     from ocho.client import Client
     from tests.infra import Stack, processes_in_group
 
@@ -348,7 +348,7 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
     stack = Stack(tmp_path, fresh_amqp_url, tools_dir=tools_dir, tool_start="warm",
                   tokens="a-secret-token-of-the-portal", tool_memory_bytes=1024**3)
     try:
-        worker = stack.start_worker(concurrency=1)
+        worker = stack.start_worker(concurrency=2)
         zygote_pid = int(re.search(r"tool zygote (\d+) ready", stack.read_log("worker0.log"))[1])
         environ = Path(f"/proc/{zygote_pid}/environ").read_bytes().decode()
         assert "OCHO_AMQP_URL" not in environ and "a-secret-token" not in environ
@@ -366,11 +366,17 @@ def test_a_worker_s_zygote_holds_no_secret_and_dies_with_it(tmp_path: Path, fres
                 output += event.get("data", "") if event["type"] == "output" else ""
                 if "pgid=" in output:
                     break
+            # A job's end asks for a spare: one waits in the zygote's process group.
+            assert client.wait(client.submit("exit", ["0"]), timeout=60).state == "succeeded"
+            wait_for(lambda: len(processes_in_group(zygote_pid)) == 2, timeout=5,
+                     what="the zygote's spare")
         group = int(re.search(r"pgid=(\d+)", output)[1])
         worker.kill()
         worker.wait()
         wait_for(lambda: not processes_in_group(group), timeout=5, what="the tool's group to die")
         wait_for(lambda: _gone(zygote_pid), timeout=5, what="the zygote to die with its worker")
+        wait_for(lambda: not processes_in_group(zygote_pid), timeout=5,
+                 what="nothing of the zygote's group (a spare) to outlive it")
     finally:
         stack.stop()
         # What the killed worker left was adopted by this process, a child subreaper.
