@@ -1,10 +1,15 @@
 """A tiny process that kills the worker's tool process groups if the worker dies.
 
 A worker killed with SIGKILL cannot clean up after itself, and a tool's own
-children would not even notice a parent-death signal. So the worker forks
-this reaper once at start (before any thread exists), tells it through a pipe
-which process groups are live, and when the pipe reaches end-of-file because
-the worker is gone, the reaper kills every group it still knows about.
+children would not even notice a parent-death signal. So the worker starts
+this reaper once at start, tells it through a pipe which process groups are
+live, and when the pipe reaches end-of-file because the worker is gone, the
+reaper kills every group it still knows about. The reaper process is
+ocho/worker/reaper_process.py run by a new interpreter (`python -I -S
+reaper_process.py FD`: the standard library only, in a session of its own,
+out of reach of a terminal's Ctrl-C), not a fork of the worker: a fork would
+hold the worker's imported modules, ~25 MB of resident memory, for the
+worker's whole life.
 
 A worker that starts tools warm is a child subreaper (see zygote.py): what a
 tool leaves behind is orphaned to the worker, not to init. `reap_orphans`
@@ -18,9 +23,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+REAPER_PROCESS = Path(__file__).resolve().with_name("reaper_process.py")
 # How long a job's end waits for the processes of its killed group to be gone.
 GROUP_REAP_S = 1.0
 
@@ -28,13 +37,16 @@ GROUP_REAP_S = 1.0
 class Reaper:
     def __init__(self) -> None:
         read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the reaper
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(REAPER_PROCESS), str(read_end)],
+                pass_fds=[read_end], stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
             os.close(write_end)
-            _reap(read_end)
-            os._exit(0)
-        os.close(read_end)
-        self.pid = pid
+            raise
+        finally:
+            os.close(read_end)
+        self.pid = self._process.pid
         self._pipe = write_end
         self._lock = threading.Lock()
 
@@ -54,10 +66,7 @@ class Reaper:
     def close(self) -> None:
         """Normal shutdown: end-of-file makes the reaper sweep and exit."""
         os.close(self._pipe)
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass  # already reaped as an orphan would be
+        self._process.wait()
 
 
 def reap_group(pgid: int, timeout: float = GROUP_REAP_S) -> None:
@@ -133,37 +142,3 @@ def _is_orphan_zombie(pid: int) -> bool:
         return False
     # After the name: state, ppid, pgrp, session.
     return fields[0] == "Z" and int(fields[3]) != pid
-
-
-def _reap(read_end: int) -> None:
-    # Signals meant for the worker (Ctrl-C in a terminal reaches the whole
-    # foreground group) must not stop the reaper before it has done its job.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for fd in range(3, 1024):
-        if fd != read_end:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    groups: set[int] = set()
-    buffer = b""
-    while True:
-        try:
-            data = os.read(read_end, 4096)
-        except InterruptedError:
-            continue
-        if not data:
-            break
-        buffer += data
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.startswith(b"+"):
-                groups.add(int(line[1:]))
-            elif line.startswith(b"-"):
-                groups.discard(int(line[1:]))
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
