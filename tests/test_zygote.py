@@ -53,13 +53,8 @@ def warm(tools: Path, request: pytest.FixtureRequest) -> Iterator[zygote.Zygote]
 
 
 @pytest.fixture(scope="module", params=["fork-once", "fork-twice"])
-def spared(warm: zygote.Zygote, tools: Path,
-           request: pytest.FixtureRequest) -> Iterator[zygote.Zygote]:
-    """A zygote with spares, for the tests of the spares themselves: `warm` when it has
-    them, else one of its own."""
-    if warm.spare_idle_s and (request.param == "fork-twice") == (not warm.fork_once):
-        yield warm
-        return
+def spared(tools: Path, request: pytest.FixtureRequest) -> Iterator[zygote.Zygote]:
+    """A zygote with spares retired after 0.5 s, for the tests of the spares themselves."""
     handle = zygote.Zygote(runner.zygote_environment(Settings(tools_dir=tools)),
                            fork_once=request.param == "fork-once", spare_idle_s=0.5)
     assert handle.wait_ready(60), "the zygote never became ready"
@@ -297,6 +292,53 @@ def test_a_spare_that_died_costs_no_job(tools: Path, spared: zygote.Zygote):
     assert f"pid={spare} " not in text and spared.pid == zygote_pid  # forked for the job
     wait_for(lambda: not Path(f"/proc/{spare}").exists(), timeout=5,
              what="the dead spare to be reaped")
+
+
+def test_a_spare_that_answers_too_late_never_runs_the_job(tools: Path, spared: zygote.Zygote):
+    """Stopped past the zygote's wait for its answer (2 s): the job gets a fork of its
+    own right after that wait, and the spare, continued once the zygote gave up on it,
+    never touches the job (the zygote confirms a handover before the spare may)."""
+    import threading
+
+    since = _ticks_now()
+    spare = _with_a_spare(tools, spared)
+    os.kill(spare, signal.SIGSTOP)
+    threading.Timer(2.3, lambda: _signal(spare, signal.SIGCONT)).start()
+    started = time.monotonic()
+    outcome, text = run(tools, spared, "sleep", "0")
+    assert outcome.state == "succeeded" and f"pid={spare} " not in text
+    assert time.monotonic() - started < 5  # not the spawn's 10 s timeout
+    wait_for(lambda: not Path(f"/proc/{spare}").exists(), timeout=5,
+             what="the late spare to exit and be reaped")
+    assert _zombie_children(since) == []
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def test_a_dead_spare_is_reaped_by_its_pidfd_not_its_pid(tools: Path, spared: zygote.Zygote):
+    """A spare that died may be reaped by anyone (a job's end reaps the orphans) and
+    its pid given to another child of the worker: that child is never touched."""
+    import subprocess
+
+    spare = _with_a_spare(tools, spared)
+    os.kill(spare, signal.SIGKILL)
+    wait_for(lambda: _gone(spare), timeout=5, what="the spare to die")
+    reaper.reap_orphans()  # as a job's end would
+    last_pid = Path("/proc/sys/kernel/ns_last_pid")
+    with contextlib.suppress(OSError):
+        last_pid.write_text(str(spare - 1))  # root: the next pid is the spare's
+    innocent = subprocess.Popen(["sleep", "30"])
+    try:
+        outcome, _ = run(tools, spared, "exit", "0")  # the zygote finds the spare dead
+        assert outcome.state == "succeeded"
+        time.sleep(1.5)  # the worker's reaping of a retired spare gives up after 1 s
+        assert innocent.poll() is None, f"pid {innocent.pid} (the spare's: {spare})"
+    finally:
+        innocent.kill()
+        innocent.wait()
 
 
 def test_a_spare_dies_with_its_zygote_and_is_reaped(tools: Path, spared: zygote.Zygote):

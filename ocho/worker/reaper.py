@@ -21,7 +21,9 @@ zygote) leads a session of its own; orphans of a tool are in the tool's.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -86,24 +88,16 @@ def reap_group(pgid: int, timeout: float = GROUP_REAP_S) -> None:
         time.sleep(0.002)
 
 
-def reap_child(pid: int, timeout: float = GROUP_REAP_S) -> None:
-    """Wait for a child told to exit (a retired spare tool process); SIGKILL it if it
-    has not within `timeout`. Someone else having reaped it is fine."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        if time.monotonic() > deadline:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            return
-        time.sleep(0.001)
+def reap_pidfd(pidfd: int, timeout: float = GROUP_REAP_S) -> None:
+    """Wait for the child `pidfd` refers to (a retired spare tool process, told to
+    exit); SIGKILL it if it has not within `timeout`. Through a pidfd, never a pid:
+    the process may have been reaped by someone else and its pid given to another."""
+    readable, _, _ = select.select([pidfd], [], [], timeout)
+    if not readable:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
 
 
 def reap_orphans() -> int:

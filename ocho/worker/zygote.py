@@ -28,9 +28,10 @@ worker therefore keeps one zygote process:
   goes away before "go", it exits.
 - the fork itself is off a job's path: when a job's outcome is out, the worker
   asks for a spare (`want_spare`), a tool process forked ahead that waits for
-  the next job's sockets (zygote_process tells how it is kept, retired after
-  SPARE_IDLE_S without a job, and reaped: the zygote says "gone PID" on the
-  control socket, and the keeper thread waits for that pid).
+  the next job's sockets (zygote_process tells how it is kept, handed over,
+  retired after SPARE_IDLE_S without a job, and reaped: the zygote says "gone"
+  on the control socket with a pidfd of the spare, and the keeper thread
+  reaps it through that).
 - the zygote has PR_SET_PDEATHSIG and exits when its control socket closes:
   it never outlives the worker. Tools in flight are the worker's: its reaper
   kills their groups if the worker is SIGKILLed. A spare left when the zygote
@@ -84,6 +85,7 @@ SPARE_IDLE_S = 2.0
 RESTART_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
 GO = b"g"
 SPARE = b"spare"
+GONE = b"gone"
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -236,7 +238,7 @@ class Zygote:
         if control is None or not self._ready.is_set():
             return
         with self._send_lock, contextlib.suppress(OSError):
-            control.send(SPARE)
+            control.send(SPARE, socket.MSG_DONTWAIT)  # a stopped zygote misses it: fine
 
     def _ask(self, mine: socket.socket, theirs: socket.socket, pipes: list[int],
              request: dict[str, Any]) -> int:
@@ -352,16 +354,19 @@ def _wait_ready(control: socket.socket, process: subprocess.Popen[bytes]) -> boo
 
 
 def _reap_retired_spares(control: socket.socket) -> None:
-    """Until the zygote's control socket closes: reap each spare it says it retired."""
+    """Until the zygote's control socket closes: reap each spare it says it retired,
+    through the pidfd that comes with the message."""
     while True:
         try:
-            message = control.recv(64)
+            message, fds, _, _ = socket.recv_fds(control, 64, 1)
         except OSError:
             return
         if not message:
             return
-        if message.startswith(b"gone "):
-            reaper.reap_child(int(message[5:]))
+        for fd in fds:
+            if message == GONE:
+                reaper.reap_pidfd(fd)
+            os.close(fd)
 
 
 def _exists(pid: int) -> bool:

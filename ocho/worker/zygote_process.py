@@ -15,12 +15,13 @@ The fork is kept off a job's path: when a job has ended (its outcome is out) the
 worker asks for a spare, and the zygote forks a child that waits, blocked, for the
 next job's sockets and then becomes that job's tool exactly as a child forked for
 it would have. At most one spare exists; it is retired (it exits, and the
-worker, told "gone PID" on the control socket, reaps it) after SPARE_IDLE_S
-without a job, so an idle worker holds no more processes than before. A spare
-that cannot take a job (it died) only means a fork for that job, as without
-spares. A spare is in the zygote's process group until it becomes a tool:
-whatever is left of it when the zygote dies exits (its socket closes) and is
-reaped by the worker.
+worker, told "gone" on the control socket with a pidfd of it, reaps it) after
+SPARE_IDLE_S without a job, so an idle worker holds no more processes than
+before. A spare that cannot take a job (it died, or does not answer in time)
+only means a fork for that job, as without spares (Spare: never two processes
+for one job). Without pidfds (Linux < 5.4) there are no spares. A spare is in
+the zygote's process group until it becomes a tool: whatever is left of it when
+the zygote dies exits (its socket closes) and is reaped by the worker.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -46,6 +46,7 @@ from ocho.worker.zygote import (
     ADOPTION_TIMEOUT_S,
     GO,
     GO_TIMEOUT_S,
+    GONE,
     PR_SET_PDEATHSIG,
     SPARE,
     prctl,
@@ -54,8 +55,8 @@ from ocho.worker.zygote import (
 
 # A spare's answer (its pid, then that it holds a job's sockets) on a loaded machine.
 SPARE_ANSWER_S = 2.0
-PID_FORMAT = "=i"
 TAKEN = b"t"
+GO_ON = b"o"
 
 
 def main() -> NoReturn:
@@ -67,6 +68,8 @@ def main() -> NoReturn:
     control_fd, worker_pid, modules = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     fork_once = sys.argv[4:5] != ["twice"]
     spare_idle_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    if not spares_possible():
+        spare_idle_s = 0.0
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != worker_pid:
         os._exit(0)  # the worker died before the death signal was armed
@@ -123,7 +126,7 @@ def _start_tool(control: socket.socket, forker: Forker, spare: Spare | None,
     if spare is not None and spare.take(fds):
         return
     if spare is not None:
-        spare.retire(control)  # dead, or killed: the job gets a fork of its own
+        spare.retire(control)  # dead, or too late: the job gets a fork of its own
     forker.fork(lambda: _become_tool(fds, forker.worker_pid, forker.fresh))
 
 
@@ -211,49 +214,55 @@ class Forker:
 
 
 class Spare:
-    """The zygote's end of a spare's socket. The spare sends its pid on it at start
-    (PID_FORMAT), then TAKEN once it holds a job's sockets."""
+    """The zygote's end of a spare's socket.
+
+    The handover has two phases, so that a job never gets two processes: the spare
+    says TAKEN once it holds the job's sockets, and touches them only after the
+    zygote's GO_ON, which is sent only if TAKEN came within SPARE_ANSWER_S; a spare
+    that answers later finds its socket closed and exits. At start the spare sends a
+    pidfd of itself: a dead spare is reaped through it by the worker (told "gone"),
+    never by a pid that may belong to another process by then."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._socket = sock
         self._socket.settimeout(SPARE_ANSWER_S)
-        self._known_pid: int | None = None
+        self._pidfd: int | None = None
 
     def take(self, fds: list[int]) -> bool:
-        """Hand the job's sockets to the spare. False: it died, or does not answer (then
-        it is killed): the job needs a fork of its own, and never gets two processes."""
-        pid = self._pid()
-        if not pid:
-            return False  # it never said it was there: nothing was handed to it
+        """Hand the job's sockets to the spare; False: the job needs a fork of its own
+        (the spare died, or did not answer in time)."""
+        self._read_pidfd()
         try:
             socket.send_fds(self._socket, [b"j"], fds)
             taken = _recv_exactly(self._socket, len(TAKEN)) == TAKEN
+            if taken:
+                self._socket.sendall(GO_ON)
         except OSError:
             taken = False
         if taken:
             self._socket.close()
-        else:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)  # if it got the sockets, it runs no more
+            self._close_pidfd()
         return taken
 
     def retire(self, control: socket.socket) -> None:
-        """The spare exits (its socket closes); the worker is told whom to reap."""
-        pid = self._pid()
+        """The spare exits (its socket closes); the worker reaps it through its pidfd."""
+        self._read_pidfd()
         self._socket.close()
-        if pid:
+        if self._pidfd is not None:
             with contextlib.suppress(OSError):
-                control.send(b"gone %d" % pid)
+                socket.send_fds(control, [GONE], [self._pidfd])
+        self._close_pidfd()
 
-    def _pid(self) -> int:
-        """Its pid, read once (0 if it never said)."""
-        if self._known_pid is None:
-            try:
-                self._known_pid = struct.unpack(PID_FORMAT, _recv_exactly(
-                    self._socket, struct.calcsize(PID_FORMAT)))[0]
-            except (OSError, struct.error):
-                self._known_pid = 0
-        return self._known_pid
+    def _read_pidfd(self) -> None:
+        if self._pidfd is None:
+            with contextlib.suppress(OSError):
+                _, fds, _, _ = socket.recv_fds(self._socket, 1, 1)
+                self._pidfd = fds[0] if fds else None
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -268,24 +277,36 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def _wait_for_a_job(sock: socket.socket, worker_pid: int, fresh: Any) -> None:
-    """In a spare: tell the zygote its pid, then become the next job's tool, or exit
-    once the zygote closes the socket."""
-    with contextlib.suppress(OSError):
-        sock.sendall(struct.pack(PID_FORMAT, os.getpid()))
+    """In a spare: send the zygote a pidfd of itself, then become the next job's tool,
+    or exit once the zygote closes the socket (see Spare)."""
+    pidfd = os.pidfd_open(os.getpid())
+    socket.send_fds(sock, [b"p"], [pidfd])
+    os.close(pidfd)
     from ocho.worker import toolmain
 
     json.loads(json.dumps({"pid": os.getpid()}))  # the request's and the reply's path
     toolmain.rehearse(fresh)
+    go_on = False
     try:
         _, fds, _, _ = socket.recv_fds(sock, 16, 3)
         if len(fds) == 3:
             sock.sendall(TAKEN)
+            go_on = _recv_exactly(sock, len(GO_ON)) == GO_ON
     except OSError:
         fds = []
+    if len(fds) != 3 or not go_on:
+        os._exit(0)  # the job, if it was handed over, is another process's now
     sock.close()
-    if len(fds) != 3:
-        os._exit(0)
     _become_tool(fds, worker_pid, fresh)
+
+
+def spares_possible() -> bool:
+    """Spares need pidfds (Linux 5.4: pidfd_open, and waitid on a pidfd)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return hasattr(os, "P_PIDFD")
 
 
 def _become_tool(fds: list[int], worker_pid: int, fresh: Any) -> NoReturn:
